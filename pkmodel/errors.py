@@ -40,6 +40,7 @@ class ModelFileError(PkmodelError):
     def __init__(self, message: str, file: str | None = None, key: str | None = None):
         self.file = file
         self.key = key
+        self.message = message
         where = ", ".join(part for part in (file, f"key '{key}'" if key else None) if part)
         super().__init__(f"{where}: {message}" if where else message)
 
@@ -109,3 +110,14 @@ class SpecError(PkmodelError):
 
 class EstimationError(PkmodelError):
     """An estimation cannot start (e.g. no observations) or failed irrecoverably."""
+
+
+class GradingError(PkmodelError):
+    """A blood count cannot be graded (CTCAE) or a count time course cannot be summarised."""
+
+
+class NCAError(PkmodelError):
+    """A concentration-time profile or an option of non-compartmental analysis is invalid."""
+
+
+__all__ += ["GradingError", "NCAError"]
