@@ -43,8 +43,8 @@ error: write ``.`` for a missing value.
 
 Rules chosen where NONMEM leaves room
 ------------------------------------
-* **EVID absent**: a record with AMT > 0 is a dose (EVID 1); otherwise MDV = 1 makes it an "other"
-  record (EVID 2), and the rest are observations (EVID 0).
+* **EVID absent**: a record with a non-zero AMT is a dose (EVID 1; a negative AMT is then reported as
+  such); otherwise MDV = 1 makes it an "other" record (EVID 2), and the rest are observations (EVID 0).
 * **MDV absent**: MDV = 0 for observations (EVID 0), 1 for every other record.
 * **EVID 0 with MDV 1** is allowed, as in NONMEM: the observation is kept in :attr:`Dataset.records`
   but excluded from fitting, and counted in ``report.excluded``.  **EVID 1-4 with MDV 0** is an error.
@@ -210,7 +210,8 @@ class DatasetReport:
         by_output = ", ".join(f"{k}: {v}" for k, v in self.observations_by_output.items())
         lines = [
             f"{plural(self.n_records, 'record')}, {plural(self.n_subjects, 'subject')}",
-            f"{plural(self.n_observations, 'observation')}" + (f" ({by_output})" if by_output else "")
+            f"{plural(self.n_observations, 'observation')}"
+            + (f" ({by_output})" if by_output else "")
             + f", {self.n_blq} BLQ",
             f"{plural(self.n_doses, 'dose record')} ({plural(self.n_administrations, 'administration')}), "
             f"{plural(self.n_resets, 'reset')}",
@@ -264,7 +265,11 @@ class ValidationReport:
             text = head + "valid dataset"
         else:
             n = len(self.problems)
-            text = head + f"{n} problem{'s' if n != 1 else ''}\n" + "\n".join(f"  - {m}" for m in self.messages())
+            text = (
+                head
+                + f"{n} problem{'s' if n != 1 else ''}\n"
+                + "\n".join(f"  - {m}" for m in self.messages())
+            )
         if self.report is not None:
             text += "\n" + self.report.summary()
         return text
@@ -287,12 +292,15 @@ class Subject:
         Covariate columns.
     dose_unit : str
         Unit of AMT.
+    where : {"line", "row"}
+        What the ROW column counts: lines of a file or rows of a DataFrame (for messages).
     """
 
     id: object
     records: pd.DataFrame
     covariate_names: tuple[str, ...] = ()
     dose_unit: str = "mg"
+    where: str = "line"
 
     @cached_property
     def observations(self) -> pd.DataFrame:
@@ -330,10 +338,10 @@ class Subject:
             back = np.flatnonzero(np.diff(r["TIME"].to_numpy()) < 0) + 1
             line = int(r["ROW"].iloc[back[0]])
             raise DatasetError(
-                f"ID {self.id}: TIME restarts at the reset on line/row {line}, so one regimen cannot hold "
-                "the doses of both periods; use subject.periods() and take each period's regimen"
+                f"ID {self.id}: TIME restarts at the reset on {self.where} {line}, so one regimen cannot "
+                "hold the doses of both periods; use subject.periods() and take each period's regimen"
             )
-        return _regimen(self.records, self.dose_unit, name=f"ID {self.id}")
+        return _regimen(self.records, self.dose_unit, name=f"ID {self.id}", where=self.where)
 
     @property
     def covariates(self) -> dict[str, object]:
@@ -342,7 +350,8 @@ class Subject:
         out: dict[str, object] = {}
         for name in self.covariate_names:
             values = r[name].dropna()
-            out[name] = values.iloc[0] if len(values) else np.nan
+            first = values.iloc[0] if len(values) else np.nan
+            out[name] = first.item() if isinstance(first, np.generic) else first
         return out
 
     @property
@@ -374,7 +383,7 @@ class Subject:
         evid = self.records["EVID"].to_numpy()
         period = np.cumsum(np.isin(evid, (3, 4)))
         return tuple(
-            Subject(self.id, self.records.loc[period == k], self.covariate_names, self.dose_unit)
+            Subject(self.id, self.records.loc[period == k], self.covariate_names, self.dose_unit, self.where)
             for k in np.unique(period)
         )
 
@@ -404,6 +413,8 @@ class Dataset:
         The model's compartments, when given.
     file : str or None
         The file read.
+    where : {"line", "row"}
+        What ROW counts: ``"line"`` (file line numbers) or ``"row"`` (1-based DataFrame rows).
     """
 
     records: pd.DataFrame
@@ -414,12 +425,13 @@ class Dataset:
     dose_unit: str = "mg"
     compartments: tuple[str, ...] | None = None
     file: str | None = None
+    where: str = "line"
 
     @cached_property
     def _positions(self) -> dict[object, np.ndarray]:
         return self.records.groupby("ID", sort=False).indices
 
-    def subject(self, id: object) -> Subject:  # noqa: A002 - ID is the NONMEM name
+    def subject(self, id: object) -> Subject:
         """The records of one subject as a :class:`Subject`.
 
         Parameters
@@ -439,12 +451,14 @@ class Dataset:
             for candidate in self.ids:
                 if str(candidate) == id:
                     positions = self._positions[candidate]
-                    id = candidate  # noqa: A001
+                    id = candidate
                     break
         if positions is None:
             shown = ", ".join(str(i) for i in self.ids[:10]) + (", ..." if len(self.ids) > 10 else "")
-            raise DatasetError(f"ID {id!r} is not in the dataset; its {len(self.ids)} IDs are {shown}", self.file)
-        return Subject(id, self.records.iloc[positions], self.covariate_names, self.dose_unit)
+            raise DatasetError(
+                f"ID {id!r} is not in the dataset; its {len(self.ids)} IDs are {shown}", self.file
+            )
+        return Subject(id, self.records.iloc[positions], self.covariate_names, self.dose_unit, self.where)
 
     def observations(self) -> pd.DataFrame:
         """Used observations of every subject (EVID 0, MDV 0), tidy.
@@ -494,7 +508,7 @@ class Dataset:
         )
 
 
-def _regimen(records: pd.DataFrame, dose_unit: str, name: str) -> Regimen:
+def _regimen(records: pd.DataFrame, dose_unit: str, name: str, where: str) -> Regimen:
     doses = records.loc[records["EVID"].isin((1, 4))]
     events = []
     for row in doses.itertuples(index=False):
@@ -513,7 +527,7 @@ def _regimen(records: pd.DataFrame, dose_unit: str, name: str) -> Regimen:
             else:
                 events.append(Bolus(float(row.TIME), float(row.AMT), **common))
         except DosingError as err:  # validation should have caught it; say where anyway
-            raise DatasetError(f"line/row {row.ROW}: {err}") from None
+            raise DatasetError(f"{where} {row.ROW}: {err}") from None
     return Regimen(events, name=name)
 
 
@@ -559,10 +573,10 @@ def read_dataset(
     --------
     >>> import pandas as pd
     >>> t = pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [-5, 0], "DV": [None, 2.0]})
-    >>> read_dataset(t)
+    >>> read_dataset(t)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    pkmodel.errors.DatasetError: row 1: AMT -5 is negative: a dose must be > 0 mg; enter the amount as a positive number
+    pkmodel.errors.DatasetError: row 1: AMT -5 is negative: a dose must be > 0 mg; enter ...
     """
     result = validate_dataset(
         source, outputs=outputs, compartments=compartments, covariates=covariates, dose_unit=dose_unit
@@ -603,7 +617,9 @@ def validate_dataset(
     covariates_t = _names_argument("covariates", covariates, upper=True)
     for name in covariates_t or ():
         if name in STANDARD_COLUMNS:
-            raise DatasetError(f"covariates: {name} is a NONMEM column, not a covariate; remove it from the list")
+            raise DatasetError(
+                f"covariates: {name} is a NONMEM column, not a covariate; remove it from the list"
+            )
     try:
         Bolus(0.0, 1.0, unit=dose_unit)
     except DosingError as err:
@@ -623,7 +639,9 @@ def validate_dataset(
     records = report = None
     if frame is not None:
         problems.rows = rows
-        checked = _Checker(frame, problems, outputs_t, compartments_t, covariates_t, dose_unit, lines_excluded)
+        checked = _Checker(
+            frame, problems, outputs_t, compartments_t, covariates_t, dose_unit, lines_excluded
+        )
         records, report = checked.run()
     dataset = None
     if not problems.items and records is not None and report is not None:
@@ -638,6 +656,7 @@ def validate_dataset(
             dose_unit=dose_unit,
             compartments=compartments_t,
             file=file,
+            where=problems.where,
         )
     return ValidationReport(tuple(problems.items), file, report, dataset)
 
@@ -693,7 +712,7 @@ class _Problems:
 
 def _fmt(value: object) -> str:
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):g}"
+        return f"{float(value):.10g}"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return repr(value)
@@ -702,7 +721,9 @@ def _fmt(value: object) -> str:
 # ------------------------------------------------------------------------------------ file reading
 
 
-def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | None, np.ndarray, dict[str, int]]:
+def _frame_from_file(
+    path: Path, problems: _Problems
+) -> tuple[pd.DataFrame | None, np.ndarray, dict[str, int]]:
     """Read a CSV file into a table of raw values, with the file line number of every row."""
     none = (None, np.zeros(0, dtype=np.int64), {})
     try:
@@ -711,7 +732,9 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
         problems.add("file-not-found", f"file {path} does not exist; check the path")
         return none
     except OSError as err:
-        problems.add("file-unreadable", f"cannot read {path}: {err.strerror or err}; check the path and permissions")
+        problems.add(
+            "file-unreadable", f"cannot read {path}: {err.strerror or err}; check the path and permissions"
+        )
         return none
 
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -734,7 +757,8 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
             row=line,
         )
         return none
-    raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     arr = np.frombuffer(raw, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
@@ -743,16 +767,27 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
         starts = starts[:-1]
     n_lines = len(starts)
     if n_lines == 0:
-        problems.add("empty-file", "the file is empty: a dataset needs a header line (ID,TIME,...) and data rows")
+        problems.add(
+            "empty-file", "the file is empty: a dataset needs a header line (ID,TIME,...) and data rows"
+        )
         return none
     ends = np.concatenate((starts[1:] - 1, [len(raw) if raw[-1:] != b"\n" else len(raw) - 1]))
-    # per-line counts; every segment [starts[i], starts[i+1]) holds at least one byte
-    whitespace = (arr == 32) | (arr == 9) | (arr == 10) | (arr == 13)
-    blank = np.add.reduceat(~whitespace, starts, dtype=np.int64) == 0
-    comment = (arr[starts] == ord("#")) & ~blank
+    bounds = np.concatenate((starts, [len(raw)]))  # line i is raw[bounds[i]:bounds[i + 1]], newline included
 
     def text_of(i: int) -> str:
         return raw[starts[i] : ends[i]].decode("utf-8")
+
+    def per_line(positions: np.ndarray) -> np.ndarray:
+        """How many of the sorted byte positions fall on each line."""
+        return np.diff(np.searchsorted(positions, bounds))
+
+    blank = ends == starts
+    first_byte = arr[np.minimum(starts, len(raw) - 1)]
+    comment = (first_byte == ord("#")) & ~blank
+    for i in np.flatnonzero(~blank & ((first_byte == 32) | (first_byte == 9))):  # rare: leading blanks
+        stripped = text_of(int(i)).strip()
+        blank[i] = not stripped
+        comment[i] = stripped.startswith("#")
 
     header_index = None
     excluded: dict[str, int] = {}
@@ -764,8 +799,11 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
         header_index = i
         break
     if header_index is None:
-        problems.add("empty-file", "the file has no header line, only blank or comment lines: add a header "
-                     "(ID,TIME,...) and data rows")
+        problems.add(
+            "empty-file",
+            "the file has no header line, only blank or comment lines: add a header "
+            "(ID,TIME,...) and data rows",
+        )
         return none
     header_text = text_of(header_index).lstrip().lstrip("#")
     delimiter = max(_DELIMITERS, key=lambda d: header_text.count(d))  # ties: comma first
@@ -773,6 +811,14 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
         delimiter = ","
     names = next(csv.reader([header_text], delimiter=delimiter))
     n_fields = len(names)
+    if n_fields == 1 and len(names[0].split()) > 1:
+        problems.add(
+            "unknown-delimiter",
+            f"the header (line {header_index + 1}) {header_text.strip()!r} has no comma, semicolon or tab: "
+            "pkmodel reads comma-, semicolon- or tab-separated files; convert the file (e.g. save as CSV)",
+            row=header_index + 1,
+        )
+        return none
     columns = _normalise_columns(names, problems, where=f"line {header_index + 1} (header)")
 
     data = np.arange(n_lines) > header_index
@@ -784,26 +830,37 @@ def _frame_from_file(path: Path, problems: _Problems) -> tuple[pd.DataFrame | No
         excluded["blank line"] = n_blank
     candidate = data & ~blank & ~comment
 
-    delimiter_counts = np.add.reduceat((arr == ord(delimiter)), starts, dtype=np.int64)
-    fields = delimiter_counts + 1
-    quote_counts = np.add.reduceat((arr == ord('"')), starts, dtype=np.int64)
-    unbalanced = candidate & (quote_counts % 2 == 1)
-    for i in np.flatnonzero(candidate & (quote_counts > 0) & ~unbalanced):  # only lines with quotes
-        fields[i] = len(next(csv.reader([text_of(int(i))], delimiter=delimiter)))
+    delimiters = np.flatnonzero(arr == ord(delimiter))
+    quotes = np.flatnonzero(arr == ord('"'))
+    unbalanced = np.zeros(n_lines, bool)
+    if quotes.size:  # count only the delimiters outside quoted fields ("" inside a field keeps the parity)
+        odd = per_line(quotes) % 2 == 1
+        unbalanced = candidate & odd
+        if odd.any():  # parity from the start of each delimiter's own line
+            line_of = np.searchsorted(starts, delimiters, side="right") - 1
+            inside = (np.searchsorted(quotes, delimiters) - np.searchsorted(quotes, starts)[line_of]) % 2 == 1
+        else:  # every line is balanced: the parity since the start of the file is the same
+            inside = np.searchsorted(quotes, delimiters) % 2 == 1
+        delimiters = delimiters[~inside]
+    fields = per_line(delimiters) + 1
     wrong = candidate & ~unbalanced & (fields != n_fields)
 
     problems.rows = np.arange(1, n_lines + 1)
     problems.rows_where(
         "unbalanced-quotes",
         unbalanced,
-        lambda i: 'has an odd number of quote characters (") so a field never closes; '
-        "a field must not span lines: fix the quotes",
+        lambda i: (
+            'has an odd number of quote characters (") so a field never closes; '
+            "a field must not span lines: fix the quotes"
+        ),
     )
     problems.rows_where(
         "wrong-field-count",
         wrong,
-        lambda i: f"has {fields[i]} fields but the header (line {header_index + 1}) has {n_fields}: "
-        f"check for a missing or extra {_DELIMITERS[delimiter]} (the delimiter of this file)",
+        lambda i: (
+            f"has {fields[i]} fields but the header (line {header_index + 1}) has {n_fields}: "
+            f"check for a missing or extra {_DELIMITERS[delimiter]} (the delimiter of this file)"
+        ),
     )
     good = candidate & ~wrong & ~unbalanced
     if not np.any(candidate):
@@ -858,15 +915,16 @@ def _normalise_columns(names: Sequence[object], problems: _Problems, where: str)
         if not name:
             problems.add(
                 "empty-column-name",
-                f"{where}: column {k} has no name; name it, or remove the extra delimiter at the end of the lines",
+                f"{where}: column {k} has no name; name it, or remove the extra delimiter at the end of "
+                "the lines",
                 column=f"#{k}",
             )
             name = f"#{k}"
         if name in seen:
             problems.add(
                 "duplicate-column",
-                f"{where}: column {k} ({str(raw_name).strip()!r}) repeats column {seen[name]} ({name}); column "
-                "names are case-insensitive: rename or remove one of them",
+                f"{where}: column {k} ({str(raw_name).strip()!r}) repeats column {seen[name]} ({name}); "
+                "column names are case-insensitive: rename or remove one of them",
                 column=name,
             )
             name = f"{name}#{k}"
@@ -909,15 +967,21 @@ def _split_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray
         nonfinite = np.isinf(number)
         text = np.full(len(number), None, dtype=object)
         return number, text, present, np.zeros(len(number), bool), nonfinite
-    stripped = series.astype("string").str.strip()
+    # text: work on the distinct values only (a DVID column has a handful), then spread them out
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    stripped = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype("string").str.strip()
     stripped = stripped.mask(stripped.isin(["", "."]))
-    present = stripped.notna().to_numpy()
-    number = pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    nan_text = present & stripped.str.lower().isin(_NAN_TEXT).to_numpy(dtype=bool, na_value=False)
+    present = np.append(stripped.notna().to_numpy(dtype=bool), False)
+    number = np.append(
+        pd.to_numeric(stripped, errors="coerce").to_numpy(dtype=float, na_value=np.nan), np.nan
+    )
+    nan_text = present & np.append(stripped.str.lower().isin(_NAN_TEXT).to_numpy(dtype=bool), False)
     nonfinite = nan_text | np.isinf(number)
     nonnumeric = present & np.isnan(number) & ~nan_text
     number[nonfinite] = np.nan
-    return number, stripped.to_numpy(dtype=object, na_value=None), present, nonnumeric, nonfinite
+    text = np.append(stripped.to_numpy(dtype=object, na_value=None), None)
+    take = np.where(codes < 0, len(uniques), codes)
+    return number[take], text[take], present[take], nonnumeric[take], nonfinite[take]
 
 
 class _Checker:
@@ -961,8 +1025,11 @@ class _Checker:
         found = ", ".join(c for c in self.frame.columns if "#" not in c) or "none"
         for c in missing:
             what = "the subject identifier" if c == "ID" else "the time of each record, in h"
-            p.add("missing-column", f"required column {c} ({what}) is missing (columns found: {found}); add it",
-                  column=c)
+            p.add(
+                "missing-column",
+                f"required column {c} ({what}) is missing (columns found: {found}); add it",
+                column=c,
+            )
         if "DV" not in self.names and "AMT" not in self.names:
             p.add(
                 "missing-column",
@@ -1004,15 +1071,20 @@ class _Checker:
                     hint = ""
                     if _DECIMAL_COMMA.match(value):
                         hint = f" (a decimal comma? write {value.replace(',', '.')})"
-                    return f"{name} value {value!r} is not a number{hint}: enter a number, or . for a missing value"
+                    return (
+                        f"{name} value {value!r} is not a number{hint}: enter a number, or . for a missing "
+                        "value"
+                    )
 
                 p.rows_where("non-numeric", nonnumeric, message, column=name)
             p.rows_where(
                 "not-finite",
                 nonfinite,
-                lambda i, name=name, text=text, number=number: f"{name} value "
-                f"{text[i] if text[i] is not None else _fmt(number[i])!r} is NaN or infinite: "
-                "enter a finite number, or . (or an empty field) for a missing value",
+                lambda i, name=name, text=text, number=number: (
+                    f"{name} value "
+                    f"{text[i] if text[i] is not None else _fmt(number[i])!r} is NaN or infinite: "
+                    "enter a finite number, or . (or an empty field) for a missing value"
+                ),
                 column=name,
             )
             invalid = nonnumeric if kind in ("number", "covariate") else np.zeros(self.n, bool)
@@ -1020,8 +1092,12 @@ class _Checker:
             if kind in ("number", "covariate"):
                 number = np.where(invalid, np.nan, number)
                 text_out = None
-            else:
+            elif kind == "text":
                 text_out = np.where(present & ~nonfinite, text, None)
+            else:  # numbers where they parse, text elsewhere (CMT and DVID names)
+                text_out = (
+                    np.where(present & ~nonfinite & nonnumeric, text, None) if nonnumeric.any() else None
+                )
             self.cols[name] = _Column(number, text_out, present & ~nonfinite, invalid)
 
         for name, what in (("ID", "subject identifier"), ("TIME", "time")):
@@ -1038,9 +1114,14 @@ class _Checker:
                 p.rows_where(
                     "missing-value",
                     ~col.present & ~col.invalid,
-                    lambda i, name=name: f"{name} is empty: give it on every record "
-                    + ("(0 observation, 1 dose, 2 other, 3 reset, 4 reset and dose)" if name == "EVID" else
-                       "(0 when DV is used, 1 when not)"),
+                    lambda i, name=name: (
+                        f"{name} is empty: give it on every record "
+                        + (
+                            "(0 observation, 1 dose, 2 other, 3 reset, 4 reset and dose)"
+                            if name == "EVID"
+                            else "(0 when DV is used, 1 when not)"
+                        )
+                    ),
                     column=name,
                 )
 
@@ -1055,15 +1136,17 @@ class _Checker:
             p.rows_where(
                 "unknown-evid",
                 bad,
-                lambda i: f"EVID {_fmt(evid[i])} is not a NONMEM event type: use 0 (observation), 1 (dose), "
-                "2 (other), 3 (reset) or 4 (reset and dose)",
+                lambda i: (
+                    f"EVID {_fmt(evid[i])} is not a NONMEM event type: use 0 (observation), 1 (dose), "
+                    "2 (other), 3 (reset) or 4 (reset and dose)"
+                ),
                 column="EVID",
             )
             evid[bad] = np.nan
             self.cols["EVID"].invalid |= bad
         else:
             mdv_raw = self.num("MDV")
-            evid = np.where(amt > 0, 1.0, np.where(mdv_raw == 1, 2.0, 0.0))
+            evid = np.where(~np.isnan(amt) & (amt != 0), 1.0, np.where(mdv_raw == 1, 2.0, 0.0))
             evid[np.isnan(amt) & self.invalid("AMT")] = np.nan
         self.evid = evid
 
@@ -1082,16 +1165,20 @@ class _Checker:
                 p.rows_where(
                     "evid-mdv-conflict",
                     conflict,
-                    lambda i: f"EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) with MDV 0: only an "
-                    "observation (EVID 0) can have a used DV; set MDV to 1",
+                    lambda i: (
+                        f"EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) with MDV 0: only an "
+                        "observation (EVID 0) can have a used DV; set MDV to 1"
+                    ),
                     column="MDV",
                 )
             else:
                 p.rows_where(
                     "evid-mdv-conflict",
                     conflict,
-                    lambda i: f"AMT {_fmt(amt[i])} makes this a dose record (there is no EVID column) but MDV "
-                    "is 0, which marks an observation: set MDV to 1, or add an EVID column",
+                    lambda i: (
+                        f"AMT {_fmt(amt[i])} makes this a dose record (there is no EVID column) but MDV "
+                        "is 0, which marks an observation: set MDV to 1, or add an EVID column"
+                    ),
                     column="MDV",
                 )
         else:
@@ -1110,24 +1197,30 @@ class _Checker:
         p.rows_where(
             "negative-amount",
             amt < 0,
-            lambda i: f"AMT {_fmt(amt[i])} is negative: a dose must be > 0 {unit}; enter the amount as a "
-            "positive number",
+            lambda i: (
+                f"AMT {_fmt(amt[i])} is negative: a dose must be > 0 {unit}; enter the amount as a "
+                "positive number"
+            ),
             column="AMT",
         )
         no_amount = dose & (np.isnan(amt) | (amt == 0)) & ~self.invalid("AMT")
         p.rows_where(
             "dose-without-amount",
             no_amount,
-            lambda i: f"EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) has "
-            f"{'no AMT' if np.isnan(amt[i]) else 'AMT 0'}: a dose needs AMT > 0 ({unit}); enter the amount, or "
-            "use EVID 0 (observation), 2 (other) or 3 (reset) for a record without a dose",
+            lambda i: (
+                f"EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) has "
+                f"{'no AMT' if np.isnan(amt[i]) else 'AMT 0'}: a dose needs AMT > 0 ({unit}); enter the "
+                "amount, or use EVID 0 (observation), 2 (other) or 3 (reset) for a record without a dose"
+            ),
             column="AMT",
         )
         p.rows_where(
             "amount-on-non-dose-record",
             known & ~dose & (amt > 0),
-            lambda i: f"AMT {_fmt(amt[i])} on an EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) record: "
-            "only EVID 1 and 4 records give doses; set EVID to 1 (or 4), or clear AMT",
+            lambda i: (
+                f"AMT {_fmt(amt[i])} on an EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) record: "
+                "only EVID 1 and 4 records give doses; set EVID to 1 (or 4), or clear AMT"
+            ),
             column="AMT",
         )
         values = {f: self.num(f) for f in _DOSE_FIELDS}
@@ -1136,38 +1229,48 @@ class _Checker:
         p.rows_where(
             "dose-fields-on-non-dose-record",
             misplaced,
-            lambda i: ", ".join(f"{f} {_fmt(values[f][i])}" for f in _DOSE_FIELDS if set_fields[f][i])
-            + f" on an EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) record: these fields describe doses "
-            "(EVID 1 or 4); clear them or correct EVID",
+            lambda i: (
+                ", ".join(f"{f} {_fmt(values[f][i])}" for f in _DOSE_FIELDS if set_fields[f][i])
+                + f" on an EVID {_fmt(evid[i])} ({_EVID_MEANING[int(evid[i])]}) record: these fields "
+                "describe doses (EVID 1 or 4); clear them or correct EVID"
+            ),
         )
         rate, dur, ii, addl, ss = (values[f] for f in _DOSE_FIELDS)
         model_rate = dose & np.isin(rate, (-1, -2))
         p.rows_where(
             "model-defined-rate",
             model_rate,
-            lambda i: f"RATE {_fmt(rate[i])} asks for a {'rate' if rate[i] == -1 else 'duration'} defined in the "
-            "model (NONMEM R1/D1), which pkmodel does not support: give the infusion duration in a DUR "
-            f"column (h) or the rate in RATE ({unit}/h)",
+            lambda i: (
+                f"RATE {_fmt(rate[i])} asks for a {'rate' if rate[i] == -1 else 'duration'} defined in the "
+                "model (NONMEM R1/D1), which pkmodel does not support: give the infusion duration in a DUR "
+                f"column (h) or the rate in RATE ({unit}/h)"
+            ),
             column="RATE",
         )
         p.rows_where(
             "negative-rate",
             dose & (rate < 0) & ~model_rate,
-            lambda i: f"RATE {_fmt(rate[i])} is negative: give the infusion rate in {unit}/h (> 0), "
-            "or 0 for a bolus",
+            lambda i: (
+                f"RATE {_fmt(rate[i])} is negative: give the infusion rate in {unit}/h (> 0), "
+                "or 0 for a bolus"
+            ),
             column="RATE",
         )
         p.rows_where(
             "negative-duration",
             dose & (dur < 0),
-            lambda i: f"DUR {_fmt(dur[i])} is negative: give the infusion duration in h (> 0), or 0 for a bolus",
+            lambda i: (
+                f"DUR {_fmt(dur[i])} is negative: give the infusion duration in h (> 0), or 0 for a bolus"
+            ),
             column="DUR",
         )
         p.rows_where(
             "rate-and-duration",
             dose & (rate > 0) & (dur > 0),
-            lambda i: f"both RATE {_fmt(rate[i])} and DUR {_fmt(dur[i])} are given: give one of them (RATE in "
-            f"{unit}/h or DUR in h) and set the other to 0 or leave it empty",
+            lambda i: (
+                f"both RATE {_fmt(rate[i])} and DUR {_fmt(dur[i])} are given: give one of them (RATE in "
+                f"{unit}/h or DUR in h) and set the other to 0 or leave it empty"
+            ),
         )
         p.rows_where(
             "negative-ii",
@@ -1193,22 +1296,30 @@ class _Checker:
         p.rows_where(
             "addl-without-ii",
             dose & (addl > 0) & ~bad_addl & ~has_ii,
-            lambda i: f"ADDL {_fmt(addl[i])} without an interdose interval (II "
-            f"{'empty' if np.isnan(ii[i]) else _fmt(ii[i])}): set II to the time between doses (h) or ADDL to 0",
+            lambda i: (
+                f"ADDL {_fmt(addl[i])} without an interdose interval (II "
+                f"{'empty' if np.isnan(ii[i]) else _fmt(ii[i])}): set II to the time between doses (h) or "
+                "ADDL to 0"
+            ),
             column="ADDL",
         )
         p.rows_where(
             "ss-without-ii",
             dose & (ss > 0) & ~bad_ss & ~has_ii,
-            lambda i: f"SS {_fmt(ss[i])} without an interdose interval (II "
-            f"{'empty' if np.isnan(ii[i]) else _fmt(ii[i])}): steady state needs II > 0 (h); set II or SS to 0",
+            lambda i: (
+                f"SS {_fmt(ss[i])} without an interdose interval (II "
+                f"{'empty' if np.isnan(ii[i]) else _fmt(ii[i])}): steady state needs II > 0 (h); set II or "
+                "SS to 0"
+            ),
             column="SS",
         )
         p.rows_where(
             "ii-without-addl-or-ss",
             dose & has_ii & ~(addl > 0) & ~(ss > 0),
-            lambda i: f"II {_fmt(ii[i])} but ADDL and SS are 0, so the interval is not used: set ADDL (number of "
-            "additional doses) or SS, or clear II",
+            lambda i: (
+                f"II {_fmt(ii[i])} but ADDL and SS are 0, so the interval is not used: set ADDL (number of "
+                "additional doses) or SS, or clear II"
+            ),
             column="II",
         )
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -1216,8 +1327,10 @@ class _Checker:
         p.rows_where(
             "infusion-longer-than-ii",
             dose & has_ii & ((addl > 0) | (ss > 0)) & (duration > ii) & ~((rate > 0) & (dur > 0)),
-            lambda i: f"the infusion lasts {_fmt(duration[i])} h but repeats every II {_fmt(ii[i])} h: overlapping "
-            "infusions of one record are not supported; shorten the infusion or lengthen II",
+            lambda i: (
+                f"the infusion lasts {_fmt(duration[i])} h but repeats every II {_fmt(ii[i])} h: overlapping "
+                "infusions of one record are not supported; shorten the infusion or lengthen II"
+            ),
         )
         self.duration = duration
 
@@ -1239,7 +1352,7 @@ class _Checker:
         else:
             valid_number = whole
             listing = ""
-        names = np.asarray(text, dtype=object)
+        names = text if text is not None else np.full(self.n, None, dtype=object)
         if comps is not None:
             valid_text = is_text & pd.Series(names).isin(comps).to_numpy()
         else:
@@ -1249,14 +1362,18 @@ class _Checker:
         def message(i: int) -> str:
             value = _fmt(number[i]) if is_number[i] else repr(names[i])
             if comps is None:
-                return f"CMT {value} is not a compartment number: use a whole number >= 1 or a compartment name"
+                return (
+                    f"CMT {value} is not a compartment number: use a whole number >= 1 or a compartment name"
+                )
             hint = ""
             if is_text[i]:
                 close = [c for c in comps if c.lower() == str(names[i]).lower()]
                 if close:
                     hint = f" (names are case-sensitive: did you mean {close[0]!r}?)"
-            return (f"CMT {value} is not a compartment of the model{hint}: use a number 1-{len(comps)} or a name "
-                    f"({listing})")
+            return (
+                f"CMT {value} is not a compartment of the model{hint}: use a number 1-{len(comps)} or a name "
+                f"({listing})"
+            )
 
         p.rows_where("unknown-cmt", bad, message, column="CMT")
         out = np.full(self.n, None, dtype=object)
@@ -1264,7 +1381,9 @@ class _Checker:
             index = np.where(valid_number, number, 1).astype(np.int64) - 1
             out[valid_number] = np.asarray(comps, dtype=object)[index[valid_number]]
         else:
-            out[valid_number] = pd.Series(number[valid_number]).astype(np.int64).astype(str).to_numpy(dtype=object)
+            out[valid_number] = (
+                pd.Series(number[valid_number]).astype(np.int64).astype(str).to_numpy(dtype=object)
+            )
         out[valid_text] = names[valid_text]
         self.cmt = out
 
@@ -1284,14 +1403,15 @@ class _Checker:
             if outputs is not None and len(outputs) > 1:
                 p.add(
                     "missing-dvid-column",
-                    f"there is no DVID column but the model has {len(outputs)} outputs ({', '.join(outputs)}): add "
-                    "a DVID column naming the output each observation measures",
+                    f"there is no DVID column but the model has {len(outputs)} outputs "
+                    f"({', '.join(outputs)}): add a DVID column naming the output each observation measures",
                     column="DVID",
                 )
             name = outputs[0] if outputs else _DEFAULT_OUTPUT
             self.dvid[obs] = name
         else:
-            number, text = col.number, np.asarray(col.text, dtype=object)
+            number = col.number
+            text = col.text if col.text is not None else np.full(self.n, None, dtype=object)
             is_number = ~np.isnan(number)
             names = np.full(self.n, None, dtype=object)
             whole = is_number & (number == np.round(number)) & (number >= 1)
@@ -1301,15 +1421,21 @@ class _Checker:
                 names[ok_number] = np.asarray(outputs, dtype=object)[idx[ok_number]]
             else:
                 ok_number = whole
-                names[ok_number] = pd.Series(number[ok_number]).astype(np.int64).astype(str).to_numpy(dtype=object)
+                names[ok_number] = (
+                    pd.Series(number[ok_number]).astype(np.int64).astype(str).to_numpy(dtype=object)
+                )
             is_text = col.present & ~is_number
             names[is_text] = text[is_text]
-            known = ok_number | (is_text & (pd.Series(text).isin(outputs).to_numpy() if outputs else True))
+            known = ok_number | (
+                is_text & (pd.Series(text).isin(outputs).to_numpy() if outputs is not None else True)
+            )
             p.rows_where(
                 "observation-without-dvid",
                 obs & ~col.present & ~col.invalid,
-                lambda i: "observation (EVID 0) has no DVID: name the output it measures"
-                + (f" ({', '.join(outputs)})" if outputs else ""),
+                lambda i: (
+                    "observation (EVID 0) has no DVID: name the output it measures"
+                    + (f" ({', '.join(outputs)})" if outputs else "")
+                ),
                 column="DVID",
             )
 
@@ -1319,8 +1445,10 @@ class _Checker:
                     return f"DVID {value} must be an output name or a whole number >= 1"
                 close = [o for o in outputs if not is_number[i] and o.lower() == str(text[i]).lower()]
                 hint = f" (names are case-sensitive: did you mean {close[0]!r}?)" if close else ""
-                return (f"DVID {value} is not an output of the model{hint}: the outputs are "
-                        f"{', '.join(f'{k} {o}' for k, o in enumerate(outputs, start=1))}; correct the DVID")
+                return (
+                    f"DVID {value} is not an output of the model{hint}: the outputs are "
+                    f"{', '.join(f'{k} {o}' for k, o in enumerate(outputs, start=1))}; correct the DVID"
+                )
 
             unknown = obs & col.present & ~known
             p.rows_where("unknown-dvid", unknown, message, column="DVID")
@@ -1346,17 +1474,25 @@ class _Checker:
         p.rows_where(
             "blq-without-lloq",
             obs & flagged & ~(lloq > 0) & ~self.invalid("LLOQ"),
-            lambda i: "BLQ=1 but "
-            + ("there is no LLOQ column" if not has_lloq_col else
-               f"LLOQ is {'empty' if np.isnan(lloq[i]) else _fmt(lloq[i])}")
-            + ": a BLQ observation needs its limit of quantification; give LLOQ (> 0, DV unit) on the record",
+            lambda i: (
+                "BLQ=1 but "
+                + (
+                    "there is no LLOQ column"
+                    if not has_lloq_col
+                    else f"LLOQ is {'empty' if np.isnan(lloq[i]) else _fmt(lloq[i])}"
+                )
+                + ": a BLQ observation needs its limit of quantification; give LLOQ (> 0, DV unit) on the "
+                "record"
+            ),
             column="BLQ",
         )
         p.rows_where(
             "blq-on-non-observation",
             ~np.isnan(self.evid) & ~obs & flagged,
-            lambda i: f"BLQ=1 on an EVID {_fmt(self.evid[i])} ({_EVID_MEANING[int(self.evid[i])]}) record: only "
-            "observations can be below the limit; set BLQ to 0 or correct EVID",
+            lambda i: (
+                f"BLQ=1 on an EVID {_fmt(self.evid[i])} ({_EVID_MEANING[int(self.evid[i])]}) record: only "
+                "observations can be below the limit; set BLQ to 0 or correct EVID"
+            ),
             column="BLQ",
         )
         below = dv < lloq
@@ -1364,15 +1500,19 @@ class _Checker:
             p.rows_where(
                 "blq-flag-conflict",
                 obs & below & (blq_flag == 0),
-                lambda i: f"DV {_fmt(dv[i])} is below LLOQ {_fmt(lloq[i])} but BLQ is 0: set BLQ to 1, or correct "
-                "DV or LLOQ",
+                lambda i: (
+                    f"DV {_fmt(dv[i])} is below LLOQ {_fmt(lloq[i])} but BLQ is 0: set BLQ to 1, or correct "
+                    "DV or LLOQ"
+                ),
                 column="BLQ",
             )
         p.rows_where(
             "observation-without-dv",
             used & np.isnan(dv) & ~flagged & ~self.invalid("DV"),
-            lambda i: "observation (EVID 0, MDV 0) has no DV: enter the measured value, set MDV to 1 to keep the "
-            "record unused, or mark it BLQ=1 with its LLOQ",
+            lambda i: (
+                "observation (EVID 0, MDV 0) has no DV: enter the measured value, set MDV to 1 to keep the "
+                "record unused, or mark it BLQ=1 with its LLOQ"
+            ),
             column="DV",
         )
         self.blq = obs & (below | flagged)
@@ -1388,8 +1528,10 @@ class _Checker:
         p.rows_where(
             "negative-time",
             time < 0,
-            lambda i: f"TIME {_fmt(time[i])} is negative: pkmodel starts every subject at TIME 0 h; shift the times "
-            "so that the first record is at 0 or later",
+            lambda i: (
+                f"TIME {_fmt(time[i])} is negative: pkmodel starts every subject at TIME 0 h; shift the "
+                "times so that the first record is at 0 or later"
+            ),
             column="TIME",
         )
         same = np.zeros(self.n, bool)
@@ -1402,9 +1544,11 @@ class _Checker:
         p.rows_where(
             "time-backwards",
             backwards,
-            lambda i: f"TIME {_fmt(time[i])} h is earlier than TIME {_fmt(prev_time[i])} h on the {p.where} before "
-            f"({rows[i - 1]}) of ID {_fmt(ids[i])}: a subject's records must be in time order (only an EVID 3 or "
-            "4 reset may restart time); sort them by TIME",
+            lambda i: (
+                f"TIME {_fmt(time[i])} h is earlier than TIME {_fmt(prev_time[i])} h on the {p.where} before "
+                f"({rows[i - 1]}) of ID {_fmt(ids[i])}: a subject's records must be in time order (only an "
+                "EVID 3 or 4 reset may restart time); sort them by TIME"
+            ),
             column="TIME",
         )
         # an ID in two separate blocks
@@ -1420,8 +1564,10 @@ class _Checker:
             p.rows_where(
                 "id-split",
                 mask,
-                lambda i: f"ID {_fmt(ids[i])} appears again after other subjects (its records start on {p.where} "
-                f"{rows[first_of[i]]}): keep all records of a subject together, sorted by TIME",
+                lambda i: (
+                    f"ID {_fmt(ids[i])} appears again after other subjects (its records start on {p.where} "
+                    f"{rows[first_of[i]]}): keep all records of a subject together, sorted by TIME"
+                ),
                 column="ID",
             )
 
@@ -1438,24 +1584,30 @@ class _Checker:
         if "DVID" in self.cols:
             keys["DVID"] = pd.Series(np.where(self.obs, self.dvid, None), dtype=object)
         table = pd.DataFrame(keys)
+        names = ", ".join(keys)
+        # records of different reset periods may share a time: the period is part of the key
+        table["_period"] = np.cumsum(np.isin(self.evid, (3, 4)))
         valid = self.cols["ID"].present & ~np.isnan(self.cols["TIME"].number) & ~np.isnan(self.evid)
         table = table[valid]
         repeated = table.duplicated(keep="first")
         if not repeated.any():
             return
         involved = table[table.duplicated(keep=False)]
-        first = involved.assign(_pos=involved.index).groupby(list(keys), sort=False, dropna=False)["_pos"]
+        first = involved.assign(_pos=involved.index).groupby(list(table.columns), sort=False, dropna=False)[
+            "_pos"
+        ]
         first_pos = first.transform("first")
         mask = np.zeros(self.n, bool)
         mask[repeated[repeated].index.to_numpy()] = True
         first_of = first_pos.to_dict()
-        names = ", ".join(keys)
         rows = p.rows
         p.rows_where(
             "duplicate-record",
             mask,
-            lambda i: f"repeats {p.where} {rows[first_of[i]]} (same {names}): remove the repeated record, or for two "
-            "doses at the same time into the same compartment give one record with the total AMT",
+            lambda i: (
+                f"repeats {p.where} {rows[first_of[i]]} (same {names}): remove the repeated record, or for "
+                "two doses at the same time into the same compartment give one record with the total AMT"
+            ),
         )
 
     # -- covariates
@@ -1468,8 +1620,8 @@ class _Checker:
                 found = ", ".join(self.covariate_names) or "none"
                 p.add(
                     "missing-covariate-column",
-                    f"required covariate column {name} is absent (covariate columns found: {found}): add a {name} "
-                    "column with a value on every record",
+                    f"required covariate column {name} is absent (covariate columns found: {found}): add a "
+                    f"{name} column with a value on every record",
                     column=name,
                 )
                 continue
@@ -1487,12 +1639,21 @@ class _Checker:
             rows = p.rows
             positions_by_id = frame.groupby("ID", sort=False)["pos"].apply(list).to_dict()
 
-            def message(i: int, name: str = name, count_of=count_of, positions_by_id=positions_by_id) -> str:
+            def message(
+                i: int,
+                name=name,
+                count_of=count_of,
+                positions_by_id=positions_by_id,
+                totals=totals,
+                rows=rows,
+            ) -> str:
                 where = positions_by_id[ids[i]]
                 listed = ", ".join(str(rows[j]) for j in where[:8]) + (", ..." if len(where) > 8 else "")
-                return (f"covariate {name} is missing for ID {_fmt(ids[i])} on {count_of[i]} of its "
-                        f"{totals[ids[i]]} records ({p.where}s {listed}): the model needs {name} on every record; "
-                        "fill it in (repeat the last value if it does not change)")
+                return (
+                    f"covariate {name} is missing for ID {_fmt(ids[i])} on {count_of[i]} of its "
+                    f"{totals[ids[i]]} records ({p.where}s {listed}): the model needs {name} on every "
+                    "record; fill it in (repeat the last value if it does not change)"
+                )
 
             p.rows_where("missing-covariate", mask, message, column=name)
 
@@ -1507,8 +1668,11 @@ class _Checker:
         else:
             numbers = id_col.number
             whole = np.all(np.isnan(numbers) | (numbers == np.round(numbers)))
-            ids = pd.Series(numbers).astype("Int64" if np.isnan(numbers).any() else np.int64) if whole else \
-                pd.Series(numbers)
+            ids = (
+                pd.Series(numbers).astype("Int64" if np.isnan(numbers).any() else np.int64)
+                if whole
+                else pd.Series(numbers)
+            )
         evid = self.evid
         records = pd.DataFrame(
             {
@@ -1516,7 +1680,9 @@ class _Checker:
                 "ID": ids.to_numpy(),
                 "TIME": self.cols["TIME"].number,
                 "EVID": pd.Series(evid).astype("Int64") if np.isnan(evid).any() else evid.astype(np.int64),
-                "MDV": pd.Series(self.mdv).astype("Int64") if np.isnan(self.mdv).any() else self.mdv.astype(np.int64),
+                "MDV": pd.Series(self.mdv).astype("Int64")
+                if np.isnan(self.mdv).any()
+                else self.mdv.astype(np.int64),
                 "AMT": filled("AMT"),
                 "RATE": filled("RATE"),
                 "DUR": filled("DUR"),

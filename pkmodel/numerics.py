@@ -44,8 +44,8 @@ class _VectorFunction:
         else:
             self._f = None
 
-    def __call__(self, *args) -> np.ndarray:
-        shape = np.broadcast_shapes(*(np.shape(a) for a in args)) if args else ()
+    def __call__(self, *args, batch: tuple[int, ...] = ()) -> np.ndarray:
+        shape = np.broadcast_shapes(batch, *(np.shape(a) for a in args))
         out = np.empty((self.size, *shape))
         if self.constant:
             out[self.constant] = self.values.reshape((-1,) + (1,) * len(shape))
@@ -105,11 +105,11 @@ class CompiledModel:
 
     def initial(self, p) -> np.ndarray:
         """Initial amounts, shape ``(n_states, *batch)``."""
-        return self._initial(*p)
+        return self._initial(*p, batch=np.shape(p)[1:])
 
     def rate_matrix(self, p) -> np.ndarray:
         """K of dA/dt = K·A + b for a linear model, shape ``(*batch, n, n)``."""
-        vals = self._k(*p)
+        vals = self._k(*p, batch=np.shape(p)[1:])
         batch = vals.shape[1:]
         out = np.zeros((*batch, self.n_states, self.n_states))
         for k, (i, j) in enumerate(self._k_index):
@@ -118,4 +118,4 @@ class CompiledModel:
 
     def input_vector(self, p) -> np.ndarray:
         """b of dA/dt = K·A + b for a linear model, shape ``(*batch, n)``."""
-        return np.moveaxis(self._b(*p), 0, -1)
+        return np.moveaxis(self._b(*p, batch=np.shape(p)[1:]), 0, -1)

@@ -8,7 +8,7 @@
   ``∫₀^Δt e^{Ks} ds`` (so infusions and constant inputs are exact too); boluses are jumps in the
   state; doses superpose; steady state (SS=1/2) is the exact fixed point of the one-interval map.
   All subjects are advanced together with batched matrix exponentials.
-- ``"ode"`` (any model): a stiff solver (BDF by default) with the analytic Jacobian, restarted at
+- ``"ode"`` (any model): a stiff solver (Radau by default) with the analytic Jacobian, restarted at
   every dose and infusion boundary so that no event is stepped over.  Subjects are stacked into one
   system with a block-diagonal sparse Jacobian.
 
@@ -183,7 +183,14 @@ def _subject_arguments(model: Model, parameters, weight) -> tuple[np.ndarray, np
                 f"(model {model.name}); pkmodel does not clamp: give a value inside the bounds"
             )
     if weight is not None:
-        wt = np.broadcast_to(np.asarray(weight, dtype=float), (ns,)).copy()
+        wt = np.atleast_1d(np.asarray(weight, dtype=float))
+        if wt.ndim != 1 or (wt.size != ns and ns != 1 and wt.size != 1):
+            raise SimulationError(f"weight has {wt.size} values for {ns} subjects; give one per subject")
+        if ns == 1 and wt.size > 1:  # one parameter set, several weights: one subject per weight
+            ns = wt.size
+            p = np.repeat(p, ns, axis=1)
+            ids = np.arange(1, ns + 1)
+        wt = np.broadcast_to(wt, (ns,)).copy()
     elif "WT" in table:
         wt = np.broadcast_to(table["WT"], (ns,)).copy()
     elif "WT" in model.covariates:
@@ -515,7 +522,7 @@ def simulate(
     weight: float | np.ndarray | None = None,
     inputs: Mapping[str, Any] | None = None,
     engine: str = "auto",
-    method: str = "BDF",
+    method: str = "Radau",
     rtol: float = 1e-8,
     atol: float = 1e-10,
 ) -> SimulationResult:
@@ -542,7 +549,8 @@ def simulate(
     engine : {"auto", "exact", "ode"}
         ``"auto"`` uses the exact engine for linear models without time-varying inputs.
     method : str
-        solve_ivp method of the ODE engine (``"BDF"``, ``"Radau"``, ``"LSODA"``).
+        solve_ivp method of the ODE engine: ``"Radau"`` (default; implicit, accurate at tight tolerances),
+        ``"BDF"`` or ``"LSODA"`` (dense Jacobian only: use for a single subject).
     rtol, atol : float
         ODE tolerances.
 

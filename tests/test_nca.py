@@ -432,3 +432,15 @@ def test_nca_table_errors_name_rows_and_profiles():
         NCAError, match=r"profile ID=1 \(rows sorted by time\): times\[\d+\] = 0.0 duplicates"
     ):
         nca_table(frame)  # two periods in one profile: repeated times
+    no_dose = frame.assign(AMT=np.where(frame["ID"] == 2, np.nan, frame["AMT"]))
+    with pytest.raises(NCAError, match=r"profile ID=2, PERIOD=1: column 'AMT' is empty for every row"):
+        nca_table(no_dose, group_cols=["PERIOD"], dose_col="AMT")
+
+
+def test_nca_table_ignores_missing_doses_on_some_rows():
+    frame = _table()
+    frame.loc[frame["TIME"] > 0, "AMT"] = np.nan  # dose only on the t = 0 row of each profile
+    out = nca_table(frame, group_cols=["PERIOD"], dose_col="AMT").set_index(["ID", "PERIOD"])
+    assert out.loc[(1, 2), "dose"] == 20.0
+    # ID 1, PERIOD 2: concentrations ×2, so CL = 20 / (2·(13 + 15/ln 2))
+    assert out.loc[(1, 2), "clearance"] == pytest.approx(20.0 / (2.0 * (13.0 + 15.0 / LN2)), rel=1e-12)

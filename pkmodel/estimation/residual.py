@@ -57,6 +57,8 @@ class ObservationTerms(NamedTuple):
         ``dℓ/df``.
     weight : ndarray
         Curvature weight ``w`` (see the module docstring): ``Σ w·g·gᵀ ≈ ∇²Σℓ``.
+    d2ell_df2 : ndarray
+        The exact second derivative ``d²ℓ/df²`` (for Newton steps; may be negative).
     weighted_residual : ndarray
         ``(y − μ)/s`` (the individual weighted residual for observed values; ``z`` for censored ones).
     sd : ndarray
@@ -66,6 +68,7 @@ class ObservationTerms(NamedTuple):
     ell: np.ndarray
     dell_df: np.ndarray
     weight: np.ndarray
+    d2ell_df2: np.ndarray
     weighted_residual: np.ndarray
     sd: np.ndarray
 
@@ -113,31 +116,56 @@ def observation_terms(
     -0.386294
     """
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        mu = np.where(is_log, np.log(f), f)
-        dmu = np.where(is_log, 1.0 / f, 1.0)
+        if np.any(is_log):
+            mu = np.where(is_log, np.log(f), f)
+            dmu = np.where(is_log, 1.0 / f, 1.0)
+            d2mu = np.where(is_log, -1.0 / (f * f), 0.0)
+        else:
+            mu, dmu, d2mu = f, np.ones_like(f), np.zeros_like(f)
         s2 = additive_sd**2 + proportional_sd**2 * f_var**2
-        ds2 = 2.0 * proportional_sd**2 * f_var if interaction else np.zeros_like(s2)
         sd = np.sqrt(s2)
         r = y - mu
         z = r / sd
-        # observed values (Gaussian)
-        ell_g = np.log(s2) + z * z
-        dell_g = ds2 / s2 - 2.0 * r * dmu / s2 - z * z * ds2 / s2
-        wn_g = 2.0 * dmu * dmu / s2 + (ds2 / s2) ** 2
-        # censored values (M3)
-        log_phi = log_ndtr(z)
-        mills = np.exp(-0.5 * z * z - 0.5 * LOG_2PI - log_phi)
-        curvature = np.clip(mills * (z + mills), 0.0, 1.0)
-        dz = -dmu / sd - z * ds2 / (2.0 * s2)
-        ell_c = -2.0 * log_phi
-        dell_c = -2.0 * mills * dz
-        wn_c = 2.0 * curvature * dz * dz
-        ell = np.where(censored, ell_c, ell_g)
+        if interaction and np.any(proportional_sd):
+            ds2 = 2.0 * proportional_sd**2 * f_var
+            d2s2 = 2.0 * proportional_sd**2 * np.ones_like(s2)
+            rel = ds2 / s2
+            # observed values (Gaussian); exact d²ℓ/df² uses r' = −μ', r'' = −μ''
+            ell = np.log(s2) + z * z
+            dell = rel - 2.0 * r * dmu / s2 - z * z * rel
+            weight = 2.0 * dmu * dmu / s2 + rel**2
+            d2ell = (
+                d2s2 / s2
+                - rel**2
+                + 2.0 * (dmu * dmu - r * d2mu) / s2
+                + 4.0 * r * dmu * ds2 / s2**2
+                - r * r * d2s2 / s2**2
+                + 2.0 * z * z * rel**2
+            )
+        else:
+            ds2 = d2s2 = rel = np.zeros_like(s2)
+            ell = np.log(s2) + z * z
+            dell = -2.0 * r * dmu / s2
+            weight = 2.0 * dmu * dmu / s2
+            d2ell = 2.0 * (dmu * dmu - r * d2mu) / s2
+        if np.any(censored):
+            # censored values (M3): ℓ = −2 log Φ(z)
+            log_phi = log_ndtr(z)
+            mills = np.exp(-0.5 * z * z - 0.5 * LOG_2PI - log_phi)
+            curvature = np.clip(mills * (z + mills), 0.0, 1.0)
+            dz = -dmu / sd - 0.5 * z * rel
+            d2z = -d2mu / sd + 0.5 * dmu * rel / sd - 0.5 * dz * rel - 0.5 * z * (d2s2 / s2 - rel**2)
+            weight_c = 2.0 * curvature * dz * dz
+            ell = np.where(censored, -2.0 * log_phi, ell)
+            dell = np.where(censored, -2.0 * mills * dz, dell)
+            weight = np.where(censored, weight_c, weight)
+            d2ell = np.where(censored, weight_c - 2.0 * mills * d2z, d2ell)
         ell = np.where(np.isfinite(ell), ell, np.nan)
         return ObservationTerms(
             ell=ell,
-            dell_df=np.where(censored, dell_c, dell_g),
-            weight=np.where(censored, wn_c, wn_g),
+            dell_df=dell,
+            weight=weight,
+            d2ell_df2=d2ell,
             weighted_residual=z,
             sd=sd,
         )
