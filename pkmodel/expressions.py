@@ -209,6 +209,10 @@ class _Walker:
                     raise self.fail(f"the constant {left}**{right} is out of range (|x| <= {MAX_LITERAL:g})", node)
                 return sympy.Float(value), Wild
             if right.is_Number:
+                if lu is not None and not lu.dimensionless and not right.is_Integer:
+                    raise self.fail(
+                        f"a fractional power of a quantity in {lu.describe()}: the base must be dimensionless; "
+                        "normalise it by a reference value with the same unit, e.g. (WT/WT_REF)^0.75", node)
                 if abs(float(right)) > MAX_CONSTANT_EXPONENT:
                     raise self.fail(f"the exponent {right} is too large (|exponent| <= {MAX_CONSTANT_EXPONENT:g})", node)
                 if left.is_Number and float(left) == 0 and float(right) < 0:
@@ -285,7 +289,8 @@ def _hour_dims():
 
 
 def _as_condition(walker: _Walker, value, node):
-    if isinstance(value, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
+    if isinstance(value, (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction,
+                          sympy.logic.boolalg.BooleanAtom)):
         return value
     raise walker.fail("a condition must be a comparison (e.g. APGR < 5) or and/or/not of comparisons", node)
 
@@ -322,6 +327,11 @@ def _prepare(text: str) -> tuple[ast.Expression, list[int]]:
         raise ExpressionError(f"syntax error: {exc.msg}", text, max(col, 0)) from None
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ExpressionError(f"cannot parse expression: {exc}", text[:80]) from None
+    for node in ast.walk(tree):  # refuse dunder names anywhere before looking at anything else
+        ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        if "__" in ident:
+            col = node.col_offset - sum(1 for p in caret_shift if p < node.col_offset)
+            raise ExpressionError("names with double underscores are not allowed in model expressions", text, col)
     return tree, caret_shift
 
 

@@ -129,7 +129,7 @@ class Unit:
             raise UnitError(
                 f"cannot convert {self.describe()} to {other.describe()}: they measure different quantities"
             )
-        return self.scale / other.scale
+        return float(f"{self.scale / other.scale:.14g}")  # scales are exact decimals: drop float noise
 
     def describe(self) -> str:
         """The unit as written, or its base-unit form when it was derived."""
