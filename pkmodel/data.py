@@ -1066,14 +1066,19 @@ class _Checker:
                 kind = "text"
             if kind in ("number", "covariate"):
 
-                def message(i: int, name: str = name, text: np.ndarray = text) -> str:
+                def message(i: int, name: str = name, text: np.ndarray = text, kind: str = kind) -> str:
                     value = text[i]
                     hint = ""
                     if _DECIMAL_COMMA.match(value):
                         hint = f" (a decimal comma? write {value.replace(',', '.')})"
+                    text_rule = (
+                        " (a covariate column is read as text only when none of its values is a number)"
+                        if kind == "covariate"
+                        else ""
+                    )
                     return (
                         f"{name} value {value!r} is not a number{hint}: enter a number, or . for a missing "
-                        "value"
+                        f"value{text_rule}"
                     )
 
                 p.rows_where("non-numeric", nonnumeric, message, column=name)

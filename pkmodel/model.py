@@ -317,6 +317,7 @@ class Model:
                                                   "outputs", "inputs")}
         merged["flows"] = []
         origin: dict[str, str] = {}
+        sub_meta: list[dict[str, Any]] = []
         base = Path(file).parent if file != "<dict>" else models_dir()
         for i, item in enumerate(models):
             where = f"compose.models[{i}]"
@@ -327,6 +328,7 @@ class Model:
             if "compose" in sub:
                 sub = Model(sub, str(path))._raw
             sub = _expand_templates(sub, str(path))
+            sub_meta.append(sub.get("model", {}))
             for section in merged:
                 if section == "flows":
                     merged["flows"].extend(sub.get("flows", []))
@@ -366,7 +368,18 @@ class Model:
                 else:
                     merged[section][key] = value
         merged["flows"].extend(data.get("flows", []))
-        merged["model"] = data.get("model", {})
+        meta = dict(data.get("model", {}))
+        for key in ("dose_compartment",):
+            if key not in meta:
+                found = [m[key] for m in sub_meta if key in m]
+                if len(found) == 1:
+                    meta[key] = found[0]
+        refs = list(meta.get("references", []))
+        for m in sub_meta:
+            refs += [r for r in m.get("references", []) if r not in refs]
+        if refs:
+            meta["references"] = refs
+        merged["model"] = meta
         return merged
 
     # -- reading the tables ------------------------------------------------------------------------
@@ -509,6 +522,7 @@ class Model:
             produces = body.get("produces", {})
             if not isinstance(produces, dict):
                 raise ModelFileError("produces must be a table {COMPARTMENT = stoichiometry}", file, where + ".produces")
+            produces = {c: _stoichiometry(k) for c, k in produces.items()}
             for cmt, k in produces.items():
                 if cmt not in self.compartments:
                     raise ModelFileError(f"produces names '{cmt}', which is not a declared compartment", file,
@@ -832,6 +846,16 @@ def _concentration_factor(src: Unit, dst: Unit, molar_mass, file: str, where: st
             return _float(factor)
     raise ModelFileError(f"cannot connect an output in {src.describe()} to an input in {dst.describe()}",
                          file, where)
+
+
+def _stoichiometry(value: Any) -> Any:
+    """Stoichiometries may come from an index placeholder, i.e. as text like "3"."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _table(data: dict[str, Any], key: str, file: str) -> dict[str, Any]:

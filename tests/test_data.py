@@ -161,6 +161,15 @@ CASES = [
         r"line 4: DV value '3\.l' is not a number: enter a number, or \. for a missing value",
     ),
     (
+        "non-numeric-covariate",
+        # WT has numbers on the other lines, so 'seventy' on line 3 is a typo, not a text category
+        variant(3, "1,1,0,0,0,2,5.2,TAb,seventy"),
+        {},
+        "non-numeric",
+        3,
+        r"line 3: WT value 'seventy' is not a number: .* \(a covariate column is read as text only when none",
+    ),
+    (
         "decimal-comma",
         # semicolon-delimited file with a decimal comma on line 3
         variant(3, "1;1;0;0;0;2;5,2;TAb;70", header=HEADER).replace(",", ";").replace("5;2", "5,2"),

@@ -8,6 +8,7 @@ the objective functions.
 
 from pkmodel.estimation.covariance import CovarianceStep
 from pkmodel.estimation.foce import ObjectiveValue, fit_population, population_objective
+from pkmodel.estimation.individual import IndividualResult, fit_individual, individual_objective
 from pkmodel.estimation.problem import (
     CovariateEffect,
     IndividualParameter,
@@ -23,6 +24,7 @@ __all__ = [
     "CovarianceStep",
     "CovariateEffect",
     "IndividualParameter",
+    "IndividualResult",
     "ObjectiveValue",
     "OmegaBlock",
     "PopulationProblem",
@@ -30,6 +32,8 @@ __all__ = [
     "ResidualError",
     "Subject",
     "Theta",
+    "fit_individual",
     "fit_population",
+    "individual_objective",
     "population_objective",
 ]

@@ -71,7 +71,10 @@ class ParameterSpace:
             index = np.arange(start, start + k)
             omega0[np.ix_(index, index)] = block.initial
             if block.diagonal:
-                blocks.extend(_Block(np.array([i]), block.fixed, block.initial[[j]][:, [j]]) for j, i in enumerate(index))
+                blocks.extend(
+                    _Block(np.array([i]), block.fixed, block.initial[[j]][:, [j]])
+                    for j, i in enumerate(index)
+                )
             else:
                 blocks.append(_Block(index, block.fixed, np.array(block.initial)))
             start += k

@@ -3,9 +3,12 @@
 ``R`` is the Hessian of the objective (−2 log L) with respect to the free natural parameters, by central
 finite differences with relative steps; the asymptotic covariance of the estimates is ``2·R⁻¹``
 (NONMEM's ``$COVARIANCE MATRIX=R``).  The step fails — and says so — when ``R`` is not positive
-definite or is numerically singular: the smallest eigenvalue of ``D·R·D`` (``D`` = parameter
-magnitudes, which makes ``R`` unit-free) must exceed ``1e-8`` times the largest, about the precision of
-a finite-difference Hessian of an objective that is itself computed to ~1e-9.
+definite or is numerically singular.  ``D·R·D`` (``D`` = parameter magnitudes) is unit-free: an
+eigenvalue ``λ`` of it means that the corresponding combination of relative parameter changes has a
+standard error ``sqrt(2/λ)``.  Its smallest eigenvalue must exceed both ``1e-8`` times the largest and
+the noise floor of the finite-difference Hessian, ``4ε/h²`` for an objective computed to ``ε`` with
+relative step ``h`` (population fits: ``ε = 1e-8``, ``h = 1e-3``, floor 0.04 — a combination with a
+relative SE above about 700 % is indistinguishable from an unidentifiable one).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = ["CovarianceStep", "central_hessian", "covariance_from_hessian"]
 
 _SINGULAR_RATIO = 1.0e-8
 _RELATIVE_STEP = 1.0e-3
+_POPULATION_OFV_NOISE = 1.0e-8
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ def central_hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, steps: np
 
     Examples
     --------
-    >>> h = central_hessian(lambda v: v[0] ** 2 * v[1] + 3 * v[1] ** 2, np.array([1.0, 2.0]), np.array([1e-3, 1e-3]))
+    >>> fun = lambda v: v[0] ** 2 * v[1] + 3 * v[1] ** 2
+    >>> h = central_hessian(fun, np.array([1.0, 2.0]), np.array([1e-3, 1e-3]))
     >>> np.round(h, 6).tolist()
     [[4.0, 2.0], [2.0, 6.0]]
     """
@@ -107,7 +112,11 @@ def central_hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, steps: np
 
 
 def covariance_from_hessian(
-    hessian: np.ndarray, estimates: np.ndarray, scale: np.ndarray, names: Sequence[str]
+    hessian: np.ndarray,
+    estimates: np.ndarray,
+    scale: np.ndarray,
+    names: Sequence[str],
+    noise_floor: float = 0.0,
 ) -> CovarianceStep:
     """Turn ``R`` (Hessian of −2 log L) into a covariance step result (``cov = 2·R⁻¹``).
 
@@ -118,6 +127,8 @@ def covariance_from_hessian(
     scale : ndarray, shape (n,)
         Parameter magnitudes used to make ``R`` unit-free for the singularity test.
     names : sequence of str
+    noise_floor : float
+        Eigenvalues of the scaled ``R`` at or below this are treated as zero (finite-difference noise).
 
     Returns
     -------
@@ -149,16 +160,16 @@ def covariance_from_hessian(
     sym = 0.5 * (hessian + hessian.T)
     scaled = sym * np.outer(scale, scale)
     eigval, eigvec = np.linalg.eigh(scaled)
-    if eigval[-1] <= 0 or eigval[0] <= _SINGULAR_RATIO * eigval[-1]:
+    if eigval[-1] <= 0 or eigval[0] <= max(_SINGULAR_RATIO * eigval[-1], noise_floor):
         involved = eigvec[:, 0]
         order = np.argsort(-np.abs(involved))
         top = [names[i] for i in order if abs(involved[i]) > 0.2][:4]
         kind = "not positive definite" if eigval[0] <= 0 else "numerically singular"
         return failed(
-            f"covariance step failed: the R matrix (Hessian of −2LL) is {kind} (smallest/largest "
-            f"eigenvalue of the scaled matrix {eigval[0] / eigval[-1]:.2e}); the direction of the smallest "
-            f"eigenvalue involves {', '.join(top)}: these parameters are not identifiable from the data "
-            "(fix one, simplify the model, or give more informative data)"
+            f"covariance step failed: the R matrix (Hessian of −2LL) is {kind} (eigenvalues of the scaled "
+            f"matrix from {eigval[0]:.3g} to {eigval[-1]:.3g}, noise floor {noise_floor:.2g}); the "
+            f"direction of the smallest eigenvalue involves {', '.join(top)}: these parameters are not "
+            "identifiable from the data (fix one, simplify the model, or give more informative data)"
         )
     inv_scaled = eigvec @ np.diag(1.0 / eigval) @ eigvec.T
     cov = 2.0 * inv_scaled * np.outer(scale, scale)
@@ -178,7 +189,9 @@ def covariance_from_hessian(
     )
 
 
-def covariance_step(engine, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray, eta: np.ndarray) -> CovarianceStep:
+def covariance_step(
+    engine, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray, eta: np.ndarray
+) -> CovarianceStep:
     """Covariance step of a population fit at (θ, Ω, σ) with η̂ ``eta`` as warm start (private use)."""
     space = engine.space
     p0 = space.to_p(theta, omega, sigma)
@@ -192,4 +205,5 @@ def covariance_step(engine, theta: np.ndarray, omega: np.ndarray, sigma: np.ndar
         return value.ofv if math.isfinite(value.ofv) else math.nan
 
     hessian = central_hessian(objective, p0, _RELATIVE_STEP * scale)
-    return covariance_from_hessian(hessian, p0, scale, space.p_names)
+    floor = 4.0 * _POPULATION_OFV_NOISE / _RELATIVE_STEP**2
+    return covariance_from_hessian(hessian, p0, scale, space.p_names, noise_floor=floor)

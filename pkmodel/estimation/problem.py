@@ -52,7 +52,9 @@ def _as_float_vector(values: Any, what: str, n: int | None = None) -> np.ndarray
     if array.ndim == 0:
         array = array.reshape(1)
     if array.ndim != 1:
-        raise EstimationError(f"{what}: expected a 1-D array, got shape {array.shape}; pass one value per row")
+        raise EstimationError(
+            f"{what}: expected a 1-D array, got shape {array.shape}; pass one value per row"
+        )
     if n is not None and array.shape[0] != n:
         raise EstimationError(
             f"{what}: has {array.shape[0]} values but there are {n} observations; pass one per observation"
@@ -367,7 +369,9 @@ class OmegaBlock:
         elif initial.ndim == 2 and initial.shape == (k, k):
             matrix = initial
         else:
-            raise EstimationError(f"omega block {etas}: initial has shape {initial.shape}; use ({k},) or ({k},{k})")
+            raise EstimationError(
+                f"omega block {etas}: initial has shape {initial.shape}; use ({k},) or ({k},{k})"
+            )
         diagonal = (initial.ndim == 1) if self.diagonal is None else bool(self.diagonal)
         if not np.all(np.isfinite(matrix)) or not np.allclose(matrix, matrix.T, rtol=1e-12, atol=0):
             raise EstimationError(f"omega block {etas}: initial matrix must be finite and symmetric")

@@ -53,7 +53,24 @@ class PopulationResult:
         Of the correlation matrix of the estimates (NaN if the covariance step failed).
     n_iterations, n_evaluations : int
     estimation_seconds, total_seconds : float
-        Wall time of the estimation, and including the covariance step and tables.
+        Wall time of the estimation, and including the covariance step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pkmodel.estimation import (IndividualParameter, OmegaBlock, PopulationProblem, ResidualError,
+    ...                                 Subject, Theta, fit_population)
+    >>> rng = np.random.default_rng(7)
+    >>> subjects = [Subject(i, dv=3 + rng.normal(0, 1) + rng.normal(0, 0.5, 3)) for i in range(15)]
+    >>> result = fit_population(PopulationProblem(
+    ...     subjects, [Theta("B", 2.0)],
+    ...     [IndividualParameter("B", theta="B", eta="eta", eta_form="additive")],
+    ...     [OmegaBlock(["eta"], [0.5])], [ResidualError("additive", additive=1.0)],
+    ...     predict=lambda s, p: np.full(s.n_obs, p["B"])))
+    >>> list(result.theta_table().columns)
+    ['estimate', 'se', 'rse_percent', 'lower', 'upper', 'fixed']
+    >>> list(result.observations().columns)
+    ['ID', 'TIME', 'OUTPUT', 'DV', 'BLQ', 'LLOQ', 'PRED', 'IPRED', 'IWRES', 'CWRES']
     """
 
     method: str
@@ -124,7 +141,11 @@ class PopulationResult:
         for a in range(q):
             for b in range(a + 1):
                 value = float(self.omega[a, b])
-                name = f"omega({self.eta_names[a]})" if a == b else f"omega({self.eta_names[a]},{self.eta_names[b]})"
+                name = (
+                    f"omega({self.eta_names[a]})"
+                    if a == b
+                    else f"omega({self.eta_names[a]},{self.eta_names[b]})"
+                )
                 if a != b and value == 0.0 and name not in self._fixed:
                     continue
                 se = self._se(name)
@@ -158,7 +179,17 @@ class PopulationResult:
                             "fixed": self._fixed.get(name, True),
                         }
                     )
-        columns = ["name", "estimate", "sd", "correlation", "se", "rse_percent", "se_sd", "shrinkage_percent", "fixed"]
+        columns = [
+            "name",
+            "estimate",
+            "sd",
+            "correlation",
+            "se",
+            "rse_percent",
+            "se_sd",
+            "shrinkage_percent",
+            "fixed",
+        ]
         return pd.DataFrame(rows, columns=columns).set_index("name")
 
     def sigma_table(self) -> pd.DataFrame:
@@ -213,13 +244,19 @@ class PopulationResult:
         """A short text summary."""
         lines = [
             f"method {self.method}: converged={self.converged}, covariance_ok={self.covariance_ok}",
-            f"OFV {self.ofv:.4f} (−2LL {self.minus_2_log_likelihood:.4f}), AIC {self.aic:.3f}, BIC {self.bic:.3f}",
+            f"OFV {self.ofv:.4f} (−2LL {self.minus_2_log_likelihood:.4f}), "
+            f"AIC {self.aic:.3f}, BIC {self.bic:.3f}",
             f"{self.n_subjects} subjects, {self.n_obs} observations ({self.n_blq} BLQ), "
             f"{self.n_parameters} parameters, {self.estimation_seconds:.2f} s",
             self.message,
             self.covariance_message,
         ]
         return "\n".join(lines)
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def _sd_ddof1(values: np.ndarray) -> float:
@@ -350,7 +387,7 @@ def build_population_result(
         n_subjects=n,
         n_parameters=k_par,
         theta=dict(zip(space.theta_names, map(float, theta), strict=True)),
-        omega=np.array(omega),
+        omega=_readonly(np.array(omega)),
         sigma=dict(zip(space.sigma_names, map(float, sigma), strict=True)),
         eta_names=space.eta_names,
         shrinkage=shrinkage,
