@@ -26,12 +26,18 @@ def _index_value(text: str, env: dict[str, int], where: str) -> int:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
-        raise ModelFileError(f"cannot read index expression {{{text}}}; write e.g. {{n}} or {{n-1}}") from None
+        raise ModelFileError(
+            f"cannot read index expression {{{text}}}; write e.g. {{n}} or {{n-1}}"
+        ) from None
 
     def walk(node: ast.AST) -> int:
         if isinstance(node, ast.Expression):
             return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int)
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.Name):
             if node.id not in env:
@@ -72,7 +78,7 @@ def expand_sums(text: str, env: dict[str, int] | None = None) -> str:
             i += 1
         if depth:
             raise ModelFileError(f"unbalanced parentheses after sum{{...}} in {text!r}")
-        body = text[m.end(): i - 1]
+        body = text[m.end() : i - 1]
         terms = []
         for k in range(lo, hi + 1):
             inner = dict(env, **{var: k})
@@ -89,11 +95,13 @@ def substitute(text: str, env: dict[str, int]) -> str:
 
 def parse_range(spec: Any, where: str) -> range:
     if not isinstance(spec, str) or not _RANGE.match(spec):
-        raise ModelFileError(f"an index range must be text like \"0..8\", got {spec!r}", key=where)
+        raise ModelFileError(f'an index range must be text like "0..8", got {spec!r}', key=where)
     m = _RANGE.match(spec)
     lo, hi = int(m.group(1)), int(m.group(2))  # type: ignore[union-attr]
     if hi < lo or hi - lo > MAX_RANGE:
-        raise ModelFileError(f"index range {spec!r} must be increasing and at most {MAX_RANGE} long", key=where)
+        raise ModelFileError(
+            f"index range {spec!r} must be increasing and at most {MAX_RANGE} long", key=where
+        )
     return range(lo, hi + 1)
 
 
@@ -124,7 +132,9 @@ def expand_table(name: str, body: dict[str, Any], where: str) -> list[tuple[str,
         return [(name, body)]
     if "for" not in body:
         if _PLACEHOLDER.search(name):
-            raise ModelFileError(f"the name {name!r} has a placeholder but the table has no 'for' range", key=where)
+            raise ModelFileError(
+                f"the name {name!r} has a placeholder but the table has no 'for' range", key=where
+            )
         return [(name, _fill(body, {}))]
     rest = {k: v for k, v in body.items() if k != "for"}
     out = []

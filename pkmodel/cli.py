@@ -61,7 +61,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     params = _parse_sets(args.set or [])
     end = regimen.end_time() + 21 * 24.0
     times = _parse_times(args.times, end)
-    result = simulate(model, regimen, times, parameters=params or None, weight=args.weight, engine=args.engine)
+    result = simulate(
+        model, regimen, times, parameters=params or None, weight=args.weight, engine=args.engine
+    )
     frame = result.wide()
     if args.out:
         _write_csv(frame, args.out, args.force)
@@ -69,18 +71,40 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for name in result.outputs:
         values = result.output(name)[:, 0]
         k = int(np.nanargmax(values)) if np.any(np.isfinite(values)) else 0
-        summary.append({"output": name, "unit": result.units[name], "Cmax": float(values[k]),
-                        "Tmax_h": float(times[k]), "C_last": float(values[-1]), "T_last_h": float(times[-1])})
+        summary.append(
+            {
+                "output": name,
+                "unit": result.units[name],
+                "Cmax": float(values[k]),
+                "Tmax_h": float(times[k]),
+                "C_last": float(values[-1]),
+                "T_last_h": float(times[-1]),
+            }
+        )
     if args.json:
-        print(json.dumps({"model": model.name, "regimen": args.regimen, "engine": result.engine,
-                          "summary": summary, "out": args.out}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": model.name,
+                    "regimen": args.regimen,
+                    "engine": result.engine,
+                    "summary": summary,
+                    "out": args.out,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"model {model.name} ({result.engine} engine), regimen {args.regimen!r}, "
-              f"{len(times)} times from {times[0]:g} to {times[-1]:g} h")
+        print(
+            f"model {model.name} ({result.engine} engine), regimen {args.regimen!r}, "
+            f"{len(times)} times from {times[0]:g} to {times[-1]:g} h"
+        )
         width = max(len(s["output"]) for s in summary) if summary else 6
         print(f"{'output':<{width}}  {'unit':<8} {'Cmax':>12} {'Tmax (h)':>9} {'C at end':>12}")
         for s in summary:
-            print(f"{s['output']:<{width}}  {s['unit']:<8} {s['Cmax']:>12.5g} {s['Tmax_h']:>9.4g} {s['C_last']:>12.5g}")
+            print(
+                f"{s['output']:<{width}}  {s['unit']:<8} {s['Cmax']:>12.5g} {s['Tmax_h']:>9.4g} {s['C_last']:>12.5g}"
+            )
         if args.out:
             print(f"wrote {args.out}")
     return 0
@@ -93,7 +117,9 @@ def _write_csv(frame, path: str, force: bool) -> None:
 
     target = Path(path)
     if target.exists() and not force:
-        raise PkmodelError(f"{path} exists; pkmodel never overwrites results: choose another --out or add --force")
+        raise PkmodelError(
+            f"{path} exists; pkmodel never overwrites results: choose another --out or add --force"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
@@ -133,15 +159,20 @@ def describe_model(model) -> str:
     -------
     str
     """
-    lines = [f"{model.name}: {model.description}", f"file: {model.file}",
-             f"linear: {'yes (exact engine)' if model.is_linear else 'no (ODE engine)'}"]
+    lines = [
+        f"{model.name}: {model.description}",
+        f"file: {model.file}",
+        f"linear: {'yes (exact engine)' if model.is_linear else 'no (ODE engine)'}",
+    ]
     for reason in model.linearity.reasons:
         lines.append(f"  nonlinear because {reason}")
     lines.append("\nparameters:")
     for p in model.parameters.values():
         bounds = f"[{p.lower:g}, {p.upper:g}]"
-        lines.append(f"  {p.name:<10} = {p.value:<12g} {p.unit:<10} {bounds:<16} {p.description}"
-                     + (f" (source: {p.source})" if p.source else ""))
+        lines.append(
+            f"  {p.name:<10} = {p.value:<12g} {p.unit:<10} {bounds:<16} {p.description}"
+            + (f" (source: {p.source})" if p.source else "")
+        )
     if model.covariates:
         lines.append("\ncovariates (reference values):")
         for c in model.covariates.values():
@@ -152,7 +183,9 @@ def describe_model(model) -> str:
             lines.append(f"  {i.name:<10} {i.unit:<10} default {i.default:g}  {i.description}")
     lines.append("\ncompartments:")
     for c in model.compartments.values():
-        extra = (" dosable" if c.dose else "") + (f" molar mass {c.molar_mass:g} g/mol" if c.molar_mass else "")
+        extra = (" dosable" if c.dose else "") + (
+            f" molar mass {c.molar_mass:g} g/mol" if c.molar_mass else ""
+        )
         lines.append(f"  {c.name:<10} {c.unit:<8}{extra}  {c.description}")
     if model.derived:
         lines.append("\nderived:")
@@ -204,7 +237,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pkmodel`` command."""
-    parser = argparse.ArgumentParser(prog="pkmodel", description="PK/PD modelling of antibody–drug conjugates")
+    parser = argparse.ArgumentParser(
+        prog="pkmodel", description="PK/PD modelling of antibody–drug conjugates"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="simulate a model under a regimen")
@@ -212,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimen", required=True, help="e.g. '16 mg/kg q3w x6 over 1h'")
     p.add_argument("--weight", type=float, help="body weight, kg (for mg/kg doses)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="parameter or covariate value")
-    p.add_argument("--times", help="START:STOP:STEP in h, or a comma list (default hourly to 3 weeks after the last dose)")
+    p.add_argument(
+        "--times",
+        help="START:STOP:STEP in h, or a comma list (default hourly to 3 weeks after the last dose)",
+    )
     p.add_argument("--engine", default="auto", choices=["auto", "exact", "ode"])
     p.add_argument("--out", help="write the profiles to this CSV file")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")

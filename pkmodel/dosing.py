@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -181,11 +182,15 @@ class Infusion:
                 "give one of them (NONMEM RATE or DUR), not both"
             )
         if self.rate is None and self.duration is None:
-            raise DosingError("Infusion needs a rate (unit/h) or a duration (h); for an instant dose use Bolus")
+            raise DosingError(
+                "Infusion needs a rate (unit/h) or a duration (h); for an instant dose use Bolus"
+            )
         if self.rate is not None:
             object.__setattr__(self, "rate", _check_number("Infusion rate", self.rate, positive=True))
         if self.duration is not None:
-            object.__setattr__(self, "duration", _check_number("Infusion duration (h)", self.duration, positive=True))
+            object.__setattr__(
+                self, "duration", _check_number("Infusion duration (h)", self.duration, positive=True)
+            )
         if self.ii > 0 and (self.addl > 0 or self.ss) and self.duration_h > self.ii:
             raise DosingError(
                 f"Infusion lasts {self.duration_h:g} h but repeats every ii={self.ii:g} h: overlapping "
@@ -307,8 +312,16 @@ class Regimen(Sequence):
         return f"Regimen({label}{len(self.events)} records)"
 
 
-def _one(time: float, amount: float, *, unit: str, duration: float | None, compartment: str | None,
-         ii: float, addl: int) -> Dose:
+def _one(
+    time: float,
+    amount: float,
+    *,
+    unit: str,
+    duration: float | None,
+    compartment: str | None,
+    ii: float,
+    addl: int,
+) -> Dose:
     if duration is None or duration == 0:
         return Bolus(time, amount, compartment, unit, ii=ii, addl=addl)
     return Infusion(time, amount, compartment, unit, duration=duration, ii=ii, addl=addl)
@@ -368,23 +381,40 @@ def cycle_regimen(
         raise DosingError("a cycle regimen needs at least one dosing day")
     for d in day_list:
         if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= cycle_days:
-            raise DosingError(f"dosing day {d!r} must be a whole number from 1 to the cycle length {cycle_days}")
-    if any(b <= a for a, b in zip(day_list, day_list[1:], strict=False)):
+            raise DosingError(
+                f"dosing day {d!r} must be a whole number from 1 to the cycle length {cycle_days}"
+            )
+    if any(b <= a for a, b in itertools.pairwise(day_list)):
         raise DosingError(f"dosing days {day_list} must be strictly increasing")
     period = cycle_days * HOURS_PER_DAY
     records = [
-        _one(start + (d - 1) * HOURS_PER_DAY, dose, unit=unit, duration=duration, compartment=compartment,
-             ii=period if cycles > 1 else 0.0, addl=cycles - 1)
+        _one(
+            start + (d - 1) * HOURS_PER_DAY,
+            dose,
+            unit=unit,
+            duration=duration,
+            compartment=compartment,
+            ii=period if cycles > 1 else 0.0,
+            addl=cycles - 1,
+        )
         for d in day_list
     ]
     if not name:
-        schedule = f"d{','.join(str(d) for d in day_list)} q{cycle_days}d" if day_list != [1] else f"q{cycle_days}d"
+        schedule = (
+            f"d{','.join(str(d) for d in day_list)} q{cycle_days}d" if day_list != [1] else f"q{cycle_days}d"
+        )
         name = f"{dose:g} {unit} {schedule} x{cycles}"
     return Regimen(records, name=name)
 
 
-def q3w(dose: float, *, cycles: int = 6, unit: str = "mg/kg", duration: float | None = 1.0,
-        compartment: str | None = None) -> Regimen:
+def q3w(
+    dose: float,
+    *,
+    cycles: int = 6,
+    unit: str = "mg/kg",
+    duration: float | None = 1.0,
+    compartment: str | None = None,
+) -> Regimen:
     """Once every 3 weeks: day 1 of 21-day cycles (``"Q3W"``).
 
     Parameters
@@ -405,12 +435,26 @@ def q3w(dose: float, *, cycles: int = 6, unit: str = "mg/kg", duration: float | 
     >>> q3w(16, cycles=2).dose_times()
     (0.0, 504.0)
     """
-    return cycle_regimen(dose, days=(1,), cycle_days=21, cycles=cycles, unit=unit, duration=duration,
-                         compartment=compartment, name=f"{dose:g} {unit} Q3W x{cycles}")
+    return cycle_regimen(
+        dose,
+        days=(1,),
+        cycle_days=21,
+        cycles=cycles,
+        unit=unit,
+        duration=duration,
+        compartment=compartment,
+        name=f"{dose:g} {unit} Q3W x{cycles}",
+    )
 
 
-def d1_8_15_q4w(dose: float, *, cycles: int = 6, unit: str = "mg/kg", duration: float | None = 1.0,
-                compartment: str | None = None) -> Regimen:
+def d1_8_15_q4w(
+    dose: float,
+    *,
+    cycles: int = 6,
+    unit: str = "mg/kg",
+    duration: float | None = 1.0,
+    compartment: str | None = None,
+) -> Regimen:
     """Days 1, 8 and 15 of 28-day cycles (``"D1,8,15 q4w"``).
 
     Parameters are as for :func:`q3w`.
@@ -420,8 +464,16 @@ def d1_8_15_q4w(dose: float, *, cycles: int = 6, unit: str = "mg/kg", duration: 
     >>> d1_8_15_q4w(12, cycles=1).dose_times()
     (0.0, 168.0, 336.0)
     """
-    return cycle_regimen(dose, days=(1, 8, 15), cycle_days=28, cycles=cycles, unit=unit, duration=duration,
-                         compartment=compartment, name=f"{dose:g} {unit} D1,8,15 q4w x{cycles}")
+    return cycle_regimen(
+        dose,
+        days=(1, 8, 15),
+        cycle_days=28,
+        cycles=cycles,
+        unit=unit,
+        duration=duration,
+        compartment=compartment,
+        name=f"{dose:g} {unit} D1,8,15 q4w x{cycles}",
+    )
 
 
 # ----------------------------------------------------------------------------------------- text form
@@ -569,8 +621,16 @@ def parse_regimen(text: str) -> Regimen:
         cycle_days = int(cycle_h // HOURS_PER_DAY)
         if ss:
             raise fail("'ss' applies to a single repeating record; it cannot be used with a day list")
-        reg = cycle_regimen(amount, days=seen["days"], cycle_days=cycle_days, cycles=count or 1, unit=unit,  # type: ignore[arg-type]
-                            duration=None, start=start, compartment=compartment)  # type: ignore[arg-type]
+        reg = cycle_regimen(
+            amount,
+            days=seen["days"],
+            cycle_days=cycle_days,
+            cycles=count or 1,
+            unit=unit,  # type: ignore[arg-type]
+            duration=None,
+            start=start,
+            compartment=compartment,
+        )  # type: ignore[arg-type]
         events = [make(e.time, e.ii, e.addl) for e in reg]
         return Regimen(events, name=original.strip())
     schedule = seen.get("schedule", ("once",))

@@ -8,15 +8,15 @@ line prints such errors as one line and exits non-zero; anything else is a bug i
 from __future__ import annotations
 
 __all__ = [
-    "PkmodelError",
-    "ModelFileError",
-    "ExpressionError",
-    "UnitError",
-    "DosingError",
-    "SimulationError",
     "DatasetError",
-    "SpecError",
+    "DosingError",
     "EstimationError",
+    "ExpressionError",
+    "ModelFileError",
+    "PkmodelError",
+    "SimulationError",
+    "SpecError",
+    "UnitError",
 ]
 
 

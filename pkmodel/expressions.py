@@ -85,8 +85,13 @@ Wild = None  # the unit of a bare number: adopts the unit of what it is added to
 
 
 class _Walker:
-    def __init__(self, text: str, names: Mapping[str, sympy.Basic], units: Mapping[str, Unit] | None,
-                 caret_shift: list[int]):
+    def __init__(
+        self,
+        text: str,
+        names: Mapping[str, sympy.Basic],
+        units: Mapping[str, Unit] | None,
+        caret_shift: list[int],
+    ):
         self.text = text
         self.names = names
         self.units = units
@@ -133,7 +138,9 @@ class _Walker:
     def walk(self, node: ast.AST, depth: int = 0) -> tuple[sympy.Basic, Unit | None]:
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise self.fail(f"expression is too large (more than {MAX_NODES} elements); split it into derived quantities")
+            raise self.fail(
+                f"expression is too large (more than {MAX_NODES} elements); split it into derived quantities"
+            )
         if depth > MAX_DEPTH:
             raise self.fail(f"expression is nested too deeply (more than {MAX_DEPTH} levels)", node)
         method = getattr(self, "visit_" + type(node).__name__, None)
@@ -151,7 +158,7 @@ class _Walker:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(f"the literal {value!r} is not a number; only numbers are allowed", node)
-        if isinstance(value, float) and not math.isfinite(value) or abs(value) > MAX_LITERAL:
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > MAX_LITERAL:
             raise self.fail(f"the number {value!r} is out of range (|x| <= {MAX_LITERAL:g})", node)
         if isinstance(value, int):
             return sympy.Integer(value), Wild
@@ -167,7 +174,11 @@ class _Walker:
             if name in ALLOWED_FUNCTIONS:
                 raise self.fail(f"'{name}' is a function; call it, e.g. {name}(x)", node)
             close = difflib.get_close_matches(name, list(self.names), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; declare it as a parameter, covariate, derived quantity, compartment or input"
+            hint = (
+                f"; did you mean {', '.join(close)}?"
+                if close
+                else "; declare it as a parameter, covariate, derived quantity, compartment or input"
+            )
             raise self.fail(f"unknown name '{name}'{hint}", node)
         unit = self.units.get(name) if self.units is not None else Wild
         if self.units is not None and unit is None:
@@ -199,29 +210,39 @@ class _Walker:
             return left / right, _div(lu, ru)
         if isinstance(op, ast.Pow):
             if right.has(sympy.Pow) and not right.is_Number:
-                raise self.fail("power towers (a**b**c) are not allowed; compute the exponent as a derived quantity", node)
+                raise self.fail(
+                    "power towers (a**b**c) are not allowed; compute the exponent as a derived quantity", node
+                )
             if right.is_Number and left.is_Number:
                 try:
                     value = float(left) ** float(right)
                 except (OverflowError, ZeroDivisionError):
                     value = math.inf
                 if isinstance(value, complex) or not math.isfinite(value) or abs(value) > MAX_LITERAL:
-                    raise self.fail(f"the constant {left}**{right} is out of range (|x| <= {MAX_LITERAL:g})", node)
+                    raise self.fail(
+                        f"the constant {left}**{right} is out of range (|x| <= {MAX_LITERAL:g})", node
+                    )
                 return sympy.Float(value), Wild
             if right.is_Number:
                 if lu is not None and not lu.dimensionless and not right.is_Integer:
                     raise self.fail(
                         f"a fractional power of a quantity in {lu.describe()}: the base must be dimensionless; "
-                        "normalise it by a reference value with the same unit, e.g. (WT/WT_REF)^0.75", node)
+                        "normalise it by a reference value with the same unit, e.g. (WT/WT_REF)^0.75",
+                        node,
+                    )
                 if abs(float(right)) > MAX_CONSTANT_EXPONENT:
-                    raise self.fail(f"the exponent {right} is too large (|exponent| <= {MAX_CONSTANT_EXPONENT:g})", node)
+                    raise self.fail(
+                        f"the exponent {right} is too large (|exponent| <= {MAX_CONSTANT_EXPONENT:g})", node
+                    )
                 if left.is_Number and float(left) == 0 and float(right) < 0:
                     raise self.fail("zero raised to a negative power", node)
                 unit = None if lu is None else lu ** Fraction(float(right)).limit_denominator(1000)
                 return sympy.Pow(left, right), unit
             self.dimensionless("a power's base with a non-numeric exponent", node, lu)
             self.dimensionless("an exponent", node, ru)
-            return sympy.Pow(left, right), (DIMENSIONLESS if lu is not None or self.units is not None else Wild)
+            return sympy.Pow(left, right), (
+                DIMENSIONLESS if lu is not None or self.units is not None else Wild
+            )
         raise self.fail(f"the operator '{type(op).__name__}' is not allowed; {_GRAMMAR}", node)
 
     def visit_Call(self, node: ast.Call, depth: int):
@@ -231,7 +252,10 @@ class _Walker:
         if "__" in name:
             raise self.fail("names with double underscores are not allowed in model expressions", node)
         if name not in ALLOWED_FUNCTIONS:
-            raise self.fail(f"the function '{name}' is not allowed; allowed functions: {', '.join(ALLOWED_FUNCTIONS)}", node)
+            raise self.fail(
+                f"the function '{name}' is not allowed; allowed functions: {', '.join(ALLOWED_FUNCTIONS)}",
+                node,
+            )
         if node.keywords:
             raise self.fail(f"keyword arguments are not allowed in {name}()", node)
         args = [self.walk(a, depth) for a in node.args]
@@ -243,7 +267,7 @@ class _Walker:
             return fn(*(a for a, _ in args)), unit
         if len(args) != 1:
             raise self.fail(f"{name}() takes exactly one argument, got {len(args)}", node)
-        (arg, unit), = args
+        ((arg, unit),) = args
         if name == "abs":
             return sympy.Abs(arg), unit
         if name == "sqrt":
@@ -257,12 +281,20 @@ class _Walker:
 
     def visit_Compare(self, node: ast.Compare, depth: int):
         if len(node.ops) != 1:
-            raise self.fail("chained comparisons (a < b < c) are not allowed; write (a < b) and (b < c)", node)
+            raise self.fail(
+                "chained comparisons (a < b < c) are not allowed; write (a < b) and (b < c)", node
+            )
         left, lu = self.walk(node.left, depth)
         right, ru = self.walk(node.comparators[0], depth)
         self.same("a comparison", node, lu, ru)
-        ops = {ast.Lt: sympy.StrictLessThan, ast.LtE: sympy.LessThan, ast.Gt: sympy.StrictGreaterThan,
-               ast.GtE: sympy.GreaterThan, ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne}
+        ops = {
+            ast.Lt: sympy.StrictLessThan,
+            ast.LtE: sympy.LessThan,
+            ast.Gt: sympy.StrictGreaterThan,
+            ast.GtE: sympy.GreaterThan,
+            ast.Eq: sympy.Eq,
+            ast.NotEq: sympy.Ne,
+        }
         op = ops.get(type(node.ops[0]))  # type: ignore[call-overload]
         if op is None:
             raise self.fail(f"the comparison '{type(node.ops[0]).__name__}' is not allowed", node)
@@ -289,8 +321,14 @@ def _hour_dims():
 
 
 def _as_condition(walker: _Walker, value, node):
-    if isinstance(value, (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction,
-                          sympy.logic.boolalg.BooleanAtom)):
+    if isinstance(
+        value,
+        (
+            sympy.core.relational.Relational,
+            sympy.logic.boolalg.BooleanFunction,
+            sympy.logic.boolalg.BooleanAtom,
+        ),
+    ):
         return value
     raise walker.fail("a condition must be a comparison (e.g. APGR < 5) or and/or/not of comparisons", node)
 
@@ -313,8 +351,10 @@ def _prepare(text: str) -> tuple[ast.Expression, list[int]]:
     if not text.strip():
         raise ExpressionError("empty expression; write a formula such as CL/V", text)
     if len(text) > MAX_LENGTH:
-        raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters; split it into derived quantities",
-                              text[:80] + "...")
+        raise ExpressionError(
+            f"expression is longer than {MAX_LENGTH} characters; split it into derived quantities",
+            text[:80] + "...",
+        )
     shifts = [i for i, ch in enumerate(text) if ch == "^"]
     source = text.replace("^", "**")
     # positions in `source` where a '^' became '**' (used to map carets back to the text)
@@ -328,10 +368,14 @@ def _prepare(text: str) -> tuple[ast.Expression, list[int]]:
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ExpressionError(f"cannot parse expression: {exc}", text[:80]) from None
     for node in ast.walk(tree):  # refuse dunder names anywhere before looking at anything else
-        ident = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        ident = (
+            node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        )
         if "__" in ident:
             col = node.col_offset - sum(1 for p in caret_shift if p < node.col_offset)
-            raise ExpressionError("names with double underscores are not allowed in model expressions", text, col)
+            raise ExpressionError(
+                "names with double underscores are not allowed in model expressions", text, col
+            )
     return tree, caret_shift
 
 
@@ -366,7 +410,9 @@ def parse_expression_with_unit(
     try:
         expr, unit = walker.walk(tree)
     except RecursionError:
-        raise ExpressionError(f"expression is nested too deeply (more than {MAX_DEPTH} levels)", text[:80]) from None
+        raise ExpressionError(
+            f"expression is nested too deeply (more than {MAX_DEPTH} levels)", text[:80]
+        ) from None
     except UnitError as exc:
         raise ExpressionError(str(exc), text) from None
     return expr, unit

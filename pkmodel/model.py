@@ -54,8 +54,17 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"t", "sum", *ALLOWED_FUNCTIONS, "pi", "e", "inf", "nan"}
-_TOP_KEYS = {"model", "parameters", "covariates", "derived", "compartments", "flows", "outputs", "inputs",
-             "compose"}
+_TOP_KEYS = {
+    "model",
+    "parameters",
+    "covariates",
+    "derived",
+    "compartments",
+    "flows",
+    "outputs",
+    "inputs",
+    "compose",
+}
 
 
 def models_dir() -> Path:
@@ -80,8 +89,16 @@ def list_models() -> list[tuple[str, str]]:
         try:
             with path.open("rb") as fh:
                 meta = tomllib.load(fh).get("model", {})
-            out.append((path.stem, str(meta.get("description", "")).strip().splitlines()[0:1] and
-                        str(meta.get("description", "")).strip().splitlines()[0] or ""))
+            out.append(
+                (
+                    path.stem,
+                    (
+                        str(meta.get("description", "")).strip().splitlines()[0:1]
+                        and str(meta.get("description", "")).strip().splitlines()[0]
+                    )
+                    or "",
+                )
+            )
         except (OSError, tomllib.TOMLDecodeError):
             out.append((path.stem, "(unreadable)"))
     return out
@@ -245,7 +262,8 @@ def _check_keys(table: Any, allowed: set[str], required: set[str], where: str, f
     if unknown:
         raise ModelFileError(
             f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: {', '.join(sorted(allowed))}",
-            file, where,
+            file,
+            where,
         )
     missing = required - set(table)
     if missing:
@@ -267,7 +285,7 @@ def _text(value: Any, where: str, file: str, what: str) -> str:
 
 def _unit(value: Any, where: str, file: str) -> Unit:
     if value is None:
-        raise ModelFileError("a unit is required; write unit = \"L/h\" (or \"1\" for none)", file, where)
+        raise ModelFileError('a unit is required; write unit = "L/h" (or "1" for none)', file, where)
     try:
         return parse_unit(_text(value, where, file, "unit"))
     except UnitError as exc:
@@ -312,9 +330,12 @@ class Model:
         spec = _check_keys(data["compose"], {"models", "connect"}, {"models"}, "compose", file)
         models = spec["models"]
         if not isinstance(models, list) or not models:
-            raise ModelFileError("compose.models must be a non-empty list of model files", file, "compose.models")
-        merged: dict[str, Any] = {k: {} for k in ("parameters", "covariates", "derived", "compartments",
-                                                  "outputs", "inputs")}
+            raise ModelFileError(
+                "compose.models must be a non-empty list of model files", file, "compose.models"
+            )
+        merged: dict[str, Any] = {
+            k: {} for k in ("parameters", "covariates", "derived", "compartments", "outputs", "inputs")
+        }
         merged["flows"] = []
         origin: dict[str, str] = {}
         sub_meta: list[dict[str, Any]] = []
@@ -337,7 +358,8 @@ class Model:
                     if key in origin:
                         raise ModelFileError(
                             f"'{key}' is declared in both {origin[key]} and {path.name}; rename it in one of them",
-                            file, where,
+                            file,
+                            where,
                         )
                     origin[key] = path.name
                     merged[section][key] = value
@@ -363,7 +385,8 @@ class Model:
                 elif key in origin:
                     raise ModelFileError(
                         f"'{key}' is already declared in {origin[key]}; only parameters can be overridden",
-                        file, f"{section}.{key}",
+                        file,
+                        f"{section}.{key}",
                     )
                 else:
                     merged[section][key] = value
@@ -392,35 +415,51 @@ class Model:
                 file,
             )
         data = _expand_templates(data, file)
-        meta = _check_keys(data.get("model", {}), {"name", "description", "references", "time_unit",
-                                                     "dose_compartment"}, set(), "model", file)
+        meta = _check_keys(
+            data.get("model", {}),
+            {"name", "description", "references", "time_unit", "dose_compartment"},
+            set(),
+            "model",
+            file,
+        )
         self.name = str(meta.get("name", Path(file).stem))
         self.description = str(meta.get("description", "")).strip()
         refs = meta.get("references", [])
         self.references = tuple(refs if isinstance(refs, list) else [refs])
         if meta.get("time_unit", "h") != "h":
-            raise ModelFileError("time is always in hours; set time_unit = \"h\" and convert rates to 1/h",
-                                 file, "model.time_unit")
+            raise ModelFileError(
+                'time is always in hours; set time_unit = "h" and convert rates to 1/h',
+                file,
+                "model.time_unit",
+            )
         seen: dict[str, str] = {}
 
         def declare(name: str, where: str) -> None:
             if not isinstance(name, str) or not _NAME.match(name):
                 raise ModelFileError(
-                    f"'{name}' is not a valid name: use letters, digits and _, starting with a letter", file, where
+                    f"'{name}' is not a valid name: use letters, digits and _, starting with a letter",
+                    file,
+                    where,
                 )
             if name in _RESERVED or keyword.iskeyword(name):
                 raise ModelFileError(f"'{name}' is a reserved word; choose another name", file, where)
             if name in seen:
-                raise ModelFileError(f"'{name}' is declared twice (first as {seen[name]}); names must be unique",
-                                     file, where)
+                raise ModelFileError(
+                    f"'{name}' is declared twice (first as {seen[name]}); names must be unique", file, where
+                )
             seen[name] = where
 
         self.parameters: dict[str, Parameter] = {}
         for name, body in _table(data, "parameters", file).items():
             where = f"parameters.{name}"
             declare(name, where)
-            _check_keys(body, {"value", "unit", "bounds", "description", "source", "fixed"}, {"value", "unit"},
-                        where, file)
+            _check_keys(
+                body,
+                {"value", "unit", "bounds", "description", "source", "fixed"},
+                {"value", "unit"},
+                where,
+                file,
+            )
             value = _number(body["value"], where, file)
             _unit(body["unit"], where, file)
             lower, upper = -math.inf, math.inf
@@ -431,18 +470,26 @@ class Model:
                 lower = _number(b[0], where + ".bounds", file, "lower bound")
                 upper = _number(b[1], where + ".bounds", file, "upper bound")
                 if not lower < upper:
-                    raise ModelFileError(f"bounds [{lower:g}, {upper:g}] must have lower < upper", file,
-                                         where + ".bounds")
+                    raise ModelFileError(
+                        f"bounds [{lower:g}, {upper:g}] must have lower < upper", file, where + ".bounds"
+                    )
                 if not lower <= value <= upper:
                     raise ModelFileError(
                         f"value {value:g} lies outside its bounds [{lower:g}, {upper:g}]; fix the value or the bounds",
-                        file, where,
+                        file,
+                        where,
                     )
             if not math.isfinite(value):
                 raise ModelFileError(f"value must be finite, got {value!r}", file, where)
             self.parameters[name] = Parameter(
-                name, value, body["unit"], lower, upper, str(body.get("description", "")),
-                str(body.get("source", "")), bool(body.get("fixed", False)),
+                name,
+                value,
+                body["unit"],
+                lower,
+                upper,
+                str(body.get("description", "")),
+                str(body.get("source", "")),
+                bool(body.get("fixed", False)),
             )
 
         self.covariates: dict[str, Covariate] = {}
@@ -451,8 +498,9 @@ class Model:
             declare(name, where)
             _check_keys(body, {"value", "unit", "description"}, {"value", "unit"}, where, file)
             _unit(body["unit"], where, file)
-            self.covariates[name] = Covariate(name, _number(body["value"], where, file), body["unit"],
-                                              str(body.get("description", "")))
+            self.covariates[name] = Covariate(
+                name, _number(body["value"], where, file), body["unit"], str(body.get("description", ""))
+            )
 
         self.inputs: dict[str, Input] = {}
         for name, body in _table(data, "inputs", file).items():
@@ -460,8 +508,12 @@ class Model:
             declare(name, where)
             _check_keys(body, {"unit", "default", "description"}, {"unit"}, where, file)
             _unit(body["unit"], where, file)
-            self.inputs[name] = Input(name, body["unit"], _number(body.get("default", 0.0), where, file),
-                                      str(body.get("description", "")))
+            self.inputs[name] = Input(
+                name,
+                body["unit"],
+                _number(body.get("default", 0.0), where, file),
+                str(body.get("description", "")),
+            )
 
         self.compartments: dict[str, Compartment] = {}
         for name, body in _table(data, "compartments", file).items():
@@ -476,8 +528,12 @@ class Model:
             if isinstance(init, (int, float)) and not isinstance(init, bool):
                 init = repr(float(init))
             self.compartments[name] = Compartment(
-                name, body["unit"], bool(body.get("dose", False)), None if mm is None else float(mm),
-                _text(init, where + ".initial", file, "initial"), str(body.get("description", "")),
+                name,
+                body["unit"],
+                bool(body.get("dose", False)),
+                None if mm is None else float(mm),
+                _text(init, where + ".initial", file, "initial"),
+                str(body.get("description", "")),
             )
         if not self.compartments:
             raise ModelFileError("a model needs at least one compartment", file, "compartments")
@@ -489,20 +545,29 @@ class Model:
             declare(name, where)
             if isinstance(body, dict) and "from_output" in body:
                 self._connections[name] = body
-                self.derived[name] = Quantity(name, f"<output {body['from_output']}>", body["unit"],
-                                              str(body.get("description", "")))
+                self.derived[name] = Quantity(
+                    name, f"<output {body['from_output']}>", body["unit"], str(body.get("description", ""))
+                )
                 continue
             _check_keys(body, {"expr", "unit", "description"}, {"expr", "unit"}, where, file)
-            self.derived[name] = Quantity(name, _text(body["expr"], where + ".expr", file, "expr"), body["unit"],
-                                          str(body.get("description", "")))
+            self.derived[name] = Quantity(
+                name,
+                _text(body["expr"], where + ".expr", file, "expr"),
+                body["unit"],
+                str(body.get("description", "")),
+            )
 
         self.outputs: dict[str, Quantity] = {}
         for name, body in _table(data, "outputs", file).items():
             where = f"outputs.{name}"
             declare(name, where)
             _check_keys(body, {"expr", "unit", "description"}, {"expr", "unit"}, where, file)
-            self.outputs[name] = Quantity(name, _text(body["expr"], where + ".expr", file, "expr"), body["unit"],
-                                          str(body.get("description", "")))
+            self.outputs[name] = Quantity(
+                name,
+                _text(body["expr"], where + ".expr", file, "expr"),
+                body["unit"],
+                str(body.get("description", "")),
+            )
 
         flows = data.get("flows", [])
         if not isinstance(flows, list):
@@ -517,16 +582,23 @@ class Model:
                 if end is not None and end not in self.compartments:
                     raise ModelFileError(
                         f"'{label}' names '{end}', which is not a declared compartment; declared: "
-                        f"{', '.join(self.compartments)}", file, f"{where}.{label}",
+                        f"{', '.join(self.compartments)}",
+                        file,
+                        f"{where}.{label}",
                     )
             produces = body.get("produces", {})
             if not isinstance(produces, dict):
-                raise ModelFileError("produces must be a table {COMPARTMENT = stoichiometry}", file, where + ".produces")
+                raise ModelFileError(
+                    "produces must be a table {COMPARTMENT = stoichiometry}", file, where + ".produces"
+                )
             produces = {c: _stoichiometry(k) for c, k in produces.items()}
             for cmt, k in produces.items():
                 if cmt not in self.compartments:
-                    raise ModelFileError(f"produces names '{cmt}', which is not a declared compartment", file,
-                                         where + ".produces")
+                    raise ModelFileError(
+                        f"produces names '{cmt}', which is not a declared compartment",
+                        file,
+                        where + ".produces",
+                    )
                 if not _number(k, where + ".produces", file, "stoichiometry") > 0:
                     raise ModelFileError("stoichiometry must be > 0", file, where + ".produces")
             if src is None and dst is None and not produces:
@@ -534,14 +606,22 @@ class Model:
             rate = body["rate"]
             if isinstance(rate, (int, float)) and not isinstance(rate, bool):
                 rate = repr(float(rate))
-            out_flows.append(Flow(src, dst, _text(rate, where + ".rate", file, "rate"),
-                                  tuple((c, float(k)) for c, k in produces.items()), where,
-                                  str(body.get("description", ""))))
+            out_flows.append(
+                Flow(
+                    src,
+                    dst,
+                    _text(rate, where + ".rate", file, "rate"),
+                    tuple((c, float(k)) for c, k in produces.items()),
+                    where,
+                    str(body.get("description", "")),
+                )
+            )
         self.flows = tuple(out_flows)
         dc = meta.get("dose_compartment")
         if dc is not None and dc not in self.compartments:
-            raise ModelFileError(f"dose_compartment '{dc}' is not a declared compartment", file,
-                                 "model.dose_compartment")
+            raise ModelFileError(
+                f"dose_compartment '{dc}' is not a declared compartment", file, "model.dose_compartment"
+            )
         dosable = [c.name for c in self.compartments.values() if c.dose]
         self.default_dose_compartment: str | None = dc or (dosable[0] if len(dosable) == 1 else None)
 
@@ -574,7 +654,8 @@ class Model:
             if name in state["visiting"]:
                 raise ModelFileError(
                     f"'{name}' is defined in terms of itself (a cycle through {', '.join(sorted(state['visiting']))})",
-                    file, f"derived.{name}",
+                    file,
+                    f"derived.{name}",
                 )
             state["visiting"].add(name)
             q = self.derived[name]
@@ -582,8 +663,13 @@ class Model:
             if name in self._connections:
                 expr = output_expr(self._connections[name]["from_output"], f"derived.{name}")
                 src = parse_unit(self.outputs[self._connections[name]["from_output"]].unit)
-                expr = expr * _concentration_factor(src, declared, self._connections[name].get("molar_mass"),
-                                                    file, f"compose connection to {name}")
+                expr = expr * _concentration_factor(
+                    src,
+                    declared,
+                    self._connections[name].get("molar_mass"),
+                    file,
+                    f"compose connection to {name}",
+                )
             else:
                 expr, unit = parse(q.expr, f"derived.{name}.expr")
                 _require_unit(unit, declared, file, f"derived.{name}", "its expression")
@@ -603,10 +689,14 @@ class Model:
                 raise ModelFileError(
                     f"the expression has unit {unit.describe()} but the output is declared in {declared.describe()}, "
                     "which measures a different quantity; fix the expression (e.g. multiply by a molar mass "
-                    "parameter in g/mol) or the unit", file, f"outputs.{name}",
+                    "parameter in g/mol) or the unit",
+                    file,
+                    f"outputs.{name}",
                 )
             factor = 1.0 if unit is None else unit.factor_to(declared)
-            self.output_exprs[name] = expr if math.isclose(factor, 1.0, rel_tol=1e-13) else expr * _float(factor)
+            self.output_exprs[name] = (
+                expr if math.isclose(factor, 1.0, rel_tol=1e-13) else expr * _float(factor)
+            )
             return self.output_exprs[name]
 
         for name in self.derived:
@@ -618,8 +708,11 @@ class Model:
         for name, cmt in self.compartments.items():
             expr, unit = parse(cmt.initial, f"compartments.{name}.initial")
             if expr.free_symbols & {self.symbols[c] for c in self.compartments}:
-                raise ModelFileError("an initial condition may not depend on compartment amounts", file,
-                                     f"compartments.{name}.initial")
+                raise ModelFileError(
+                    "an initial condition may not depend on compartment amounts",
+                    file,
+                    f"compartments.{name}.initial",
+                )
             _require_unit(unit, units[name], file, f"compartments.{name}.initial", "the initial condition")
             self.initial_exprs[name] = expr
 
@@ -634,7 +727,9 @@ class Model:
                     raise ModelFileError(
                         f"flow {flow.label()} connects compartments with different units "
                         f"({self.compartments[ref].unit} and {self.compartments[end].unit}); convert amounts "
-                        "through a molar mass in a separate flow or use one unit", file, flow.key,
+                        "through a molar mass in a separate flow or use one unit",
+                        file,
+                        flow.key,
                     )
             _require_unit(unit, expected, file, f"{flow.key}.rate", f"the rate of flow {flow.label()}")
             self.flow_exprs.append(expr)
@@ -664,7 +759,14 @@ class Model:
 
     def unit_of(self, name: str) -> str:
         """The unit of a parameter, covariate, input, compartment, derived quantity or output."""
-        for group in (self.parameters, self.covariates, self.inputs, self.compartments, self.derived, self.outputs):
+        for group in (
+            self.parameters,
+            self.covariates,
+            self.inputs,
+            self.compartments,
+            self.derived,
+            self.outputs,
+        ):
             if name in group:
                 return group[name].unit  # type: ignore[attr-defined]
         raise PkmodelError(f"'{name}' is not declared in model {self.name}")
@@ -686,7 +788,9 @@ class Model:
             except sympy.PolynomialError:
                 degree_ok = False
             if not degree_ok:
-                reasons.append(f"{flow.key} ({flow.label()}): rate '{flow.rate}' is not linear in the amounts")
+                reasons.append(
+                    f"{flow.key} ({flow.label()}): rate '{flow.rate}' is not linear in the amounts"
+                )
                 continue
             depends = expr.free_symbols & forbidden
             if depends:
@@ -737,8 +841,10 @@ class Model:
                 )
             return self.default_dose_compartment
         if name not in self.compartments:
-            raise PkmodelError(f"dose into '{name}': model {self.name} has no such compartment; "
-                               f"compartments: {', '.join(self.compartments)}")
+            raise PkmodelError(
+                f"dose into '{name}': model {self.name} has no such compartment; "
+                f"compartments: {', '.join(self.compartments)}"
+            )
         if not self.compartments[name].dose:
             raise PkmodelError(f"compartment '{name}' of model {self.name} is not dosable (dose = false)")
         return name
@@ -783,8 +889,10 @@ class Model:
 
     def __repr__(self) -> str:
         kind = "linear" if self.is_linear else "nonlinear"
-        return (f"<Model {self.name}: {len(self.compartments)} compartments, {len(self.parameters)} parameters, "
-                f"{kind}>")
+        return (
+            f"<Model {self.name}: {len(self.compartments)} compartments, {len(self.parameters)} parameters, "
+            f"{kind}>"
+        )
 
 
 class _LazyNamespace(Mapping):
@@ -819,13 +927,16 @@ def _require_unit(unit: Unit | None, declared: Unit, file: str, where: str, what
     if not unit.same_dimension(declared):
         raise ModelFileError(
             f"{what} has unit {unit.describe()} but {declared.describe()} is required; check the units of the "
-            "names it uses", file, where,
+            "names it uses",
+            file,
+            where,
         )
     if not math.isclose(unit.scale, declared.scale, rel_tol=1e-12):
         raise ModelFileError(
             f"{what} is in {unit.describe()} but {declared.describe()} is required (they differ by a factor "
             f"{unit.scale / declared.scale:g}); multiply the expression by that factor or change a unit",
-            file, where,
+            file,
+            where,
         )
 
 
@@ -839,13 +950,15 @@ def _concentration_factor(src: Unit, dst: Unit, molar_mass, file: str, where: st
             if molar_mass is None:
                 raise ModelFileError(
                     f"connecting {src.describe()} to {dst.describe()} needs molar_mass (g/mol) on the connection",
-                    file, where,
+                    file,
+                    where,
                 )
             # value_dst = value_src * scale(src)/scale(dst) / M  (mass → molar) or * M (molar → mass)
             factor = src.scale / dst.scale * (molar_mass ** (-sign)) / (mass_per_mol.scale ** (-sign))
             return _float(factor)
-    raise ModelFileError(f"cannot connect an output in {src.describe()} to an input in {dst.describe()}",
-                         file, where)
+    raise ModelFileError(
+        f"cannot connect an output in {src.describe()} to an input in {dst.describe()}", file, where
+    )
 
 
 def _stoichiometry(value: Any) -> Any:
@@ -879,8 +992,9 @@ def _expand_templates(data: dict[str, Any], file: str) -> dict[str, Any]:
                 raise ModelFileError(exc.message, file, exc.key or f"{section}.{name}") from None
             for new_name, new_body in items:
                 if new_name in expanded:
-                    raise ModelFileError(f"'{new_name}' is declared twice after index expansion", file,
-                                         f"{section}.{name}")
+                    raise ModelFileError(
+                        f"'{new_name}' is declared twice after index expansion", file, f"{section}.{name}"
+                    )
                 expanded[new_name] = new_body
         out[section] = expanded
     flows = data.get("flows")
@@ -893,4 +1007,3 @@ def _expand_templates(data: dict[str, Any], file: str) -> dict[str, Any]:
                 raise ModelFileError(exc.message, file, exc.key or f"flows[{i}]") from None
         out["flows"] = new_flows
     return out
-

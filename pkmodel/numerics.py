@@ -40,7 +40,9 @@ class _VectorFunction:
         self.values = np.array([float(exprs[i]) for i in self.constant]) if self.constant else np.zeros(0)
         self.varying = [i for i, e in enumerate(exprs) if e.free_symbols]
         if self.varying:
-            self._f = sympy.lambdify(args, [_prepare(exprs[i]) for i in self.varying], modules=_MODULES, cse=True)
+            self._f = sympy.lambdify(
+                args, [_prepare(exprs[i]) for i in self.varying], modules=_MODULES, cse=True
+            )
         else:
             self._f = None
 
@@ -75,14 +77,18 @@ class CompiledModel:
         self._args = [TIME_SYMBOL, *states, *arguments]
         self._rhs = _VectorFunction(self._args, [model.rhs_exprs[s] for s in self.state_names])
         jac = model.jacobian()
-        self._jac_index = [(i, j) for i in range(self.n_states) for j in range(self.n_states) if jac[i, j] != 0]
+        self._jac_index = [
+            (i, j) for i in range(self.n_states) for j in range(self.n_states) if jac[i, j] != 0
+        ]
         self._jac = _VectorFunction(self._args, [jac[i, j] for i, j in self._jac_index])
         self._outputs = _VectorFunction(self._args, [model.output_exprs[o] for o in self.output_names])
         self._initial = _VectorFunction(arguments, [model.initial_exprs[s] for s in self.state_names])
         self.is_linear = model.is_linear
         if self.is_linear:
             K, b = model.linear_system()
-            self._k_index = [(i, j) for i in range(self.n_states) for j in range(self.n_states) if K[i, j] != 0]
+            self._k_index = [
+                (i, j) for i in range(self.n_states) for j in range(self.n_states) if K[i, j] != 0
+            ]
             self._k = _VectorFunction(arguments, [K[i, j] for i, j in self._k_index])
             self._b = _VectorFunction(arguments, list(b))
 

@@ -104,15 +104,22 @@ class SimulationResult:
         frames = []
         for name in names:
             values = self.output(name)
-            frames.append(pd.DataFrame({
-                "ID": np.tile(self.ids, nt),
-                "TIME": np.repeat(self.times, ns),
-                "output": name,
-                "value": values.reshape(-1),
-                "unit": self.units[name],
-            }))
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=["ID", "TIME", "output", "value", "unit"])
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "ID": np.tile(self.ids, nt),
+                        "TIME": np.repeat(self.times, ns),
+                        "output": name,
+                        "value": values.reshape(-1),
+                        "unit": self.units[name],
+                    }
+                )
+            )
+        frame = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=["ID", "TIME", "output", "value", "unit"])
+        )
         return frame.sort_values(["ID", "output", "TIME"], kind="stable").reset_index(drop=True)
 
     def wide(self):
@@ -134,9 +141,11 @@ def _subject_arguments(model: Model, parameters, weight) -> tuple[np.ndarray, np
     import pandas as pd
 
     names = model.argument_names
-    defaults = {**{k: p.value for k, p in model.parameters.items()},
-                **{k: c.value for k, c in model.covariates.items()},
-                **{k: i.default for k, i in model.inputs.items()}}
+    defaults = {
+        **{k: p.value for k, p in model.parameters.items()},
+        **{k: c.value for k, c in model.covariates.items()},
+        **{k: i.default for k, i in model.inputs.items()},
+    }
     if parameters is None:
         table: dict[str, np.ndarray] = {}
         ids = np.array([1])
@@ -152,14 +161,18 @@ def _subject_arguments(model: Model, parameters, weight) -> tuple[np.ndarray, np
         table = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in parameters.items() if k != "ID"}
         sizes = {len(v) for v in table.values()} - {1}
         if len(sizes) > 1:
-            raise SimulationError(f"parameter arrays have different lengths {sorted(sizes)}; give one value per subject")
+            raise SimulationError(
+                f"parameter arrays have different lengths {sorted(sizes)}; give one value per subject"
+            )
         n = sizes.pop() if sizes else 1
         ids = np.atleast_1d(np.asarray(parameters["ID"])) if "ID" in parameters else np.arange(1, n + 1)
         if len(ids) != n:
             raise SimulationError("ID has a different length from the parameter arrays")
     else:
-        raise SimulationError("parameters must be None, a dict of name -> value(s), or a DataFrame with one row "
-                              f"per subject; got {type(parameters).__name__}")
+        raise SimulationError(
+            "parameters must be None, a dict of name -> value(s), or a DataFrame with one row "
+            f"per subject; got {type(parameters).__name__}"
+        )
     allowed = set(names) | {"WT"}
     unknown = set(table) - allowed
     if unknown:
@@ -208,8 +221,8 @@ def _subject_arguments(model: Model, parameters, weight) -> tuple[np.ndarray, np
 class _Plan:
     """The events of one group of subjects that share event times."""
 
-    boluses: list[tuple[float, int, np.ndarray]]              # time, state index, amounts (ns,)
-    infusions: list[tuple[float, float, int, np.ndarray]]     # start, end, state index, rate (ns,)
+    boluses: list[tuple[float, int, np.ndarray]]  # time, state index, amounts (ns,)
+    infusions: list[tuple[float, float, int, np.ndarray]]  # start, end, state index, rate (ns,)
     steady: list[tuple[float, int, np.ndarray, float, float, int]]  # time, state, amount, duration, ii, ss
 
 
@@ -222,8 +235,10 @@ def _plan(model: Model, regimen: Regimen, weight: np.ndarray | None) -> _Plan:
         except PkmodelError as exc:
             raise SimulationError(str(exc)) from None
         if event.unit == "mg/kg" and weight is None:
-            raise SimulationError(f"the regimen doses {event.amount:g} mg/kg but no body weight was given: "
-                                  "pass weight= or a WT parameter column")
+            raise SimulationError(
+                f"the regimen doses {event.amount:g} mg/kg but no body weight was given: "
+                "pass weight= or a WT parameter column"
+            )
         try:
             amount = np.asarray(model.dose_amount(event.amount, event.unit, cmt, weight), dtype=float)
         except PkmodelError as exc:
@@ -249,18 +264,23 @@ def _inputs_function(model: Model, inputs, ns: int) -> Callable[[float], dict[in
     funcs = {}
     for name, spec in inputs.items():
         if name not in model.inputs:
-            raise SimulationError(f"'{name}' is not an input of model {model.name}; inputs: "
-                                  f"{', '.join(model.inputs) or 'none'}")
+            raise SimulationError(
+                f"'{name}' is not an input of model {model.name}; inputs: {', '.join(model.inputs) or 'none'}"
+            )
         if callable(spec):
             funcs[names.index(name)] = spec
         else:
             try:
                 tt, vv = (np.asarray(a, dtype=float) for a in spec)
             except (TypeError, ValueError):
-                raise SimulationError(f"input {name} must be a callable f(t) or a pair (times, values)") from None
+                raise SimulationError(
+                    f"input {name} must be a callable f(t) or a pair (times, values)"
+                ) from None
             if tt.ndim != 1 or vv.shape[0] != len(tt) or np.any(np.diff(tt) <= 0):
-                raise SimulationError(f"input {name}: times must be increasing and match the values' first axis")
-            funcs[names.index(name)] = (lambda t, tt=tt, vv=vv: _interp(t, tt, vv))
+                raise SimulationError(
+                    f"input {name}: times must be increasing and match the values' first axis"
+                )
+            funcs[names.index(name)] = lambda t, tt=tt, vv=vv: _interp(t, tt, vv)
 
     def evaluate(t: float) -> dict[int, np.ndarray]:
         return {i: np.broadcast_to(np.asarray(f(t), dtype=float), (ns,)) for i, f in funcs.items()}
@@ -296,7 +316,7 @@ class _Propagators:
         hit = self.cache.get(key)
         if hit is None:
             E = scipy.linalg.expm(self.aug * delta)
-            hit = (E[:, : self.n, : self.n].copy(), E[:, : self.n, self.n:].copy())
+            hit = (E[:, : self.n, : self.n].copy(), E[:, : self.n, self.n :].copy())
             if len(self.cache) < 4096:
                 self.cache[key] = hit
         return hit
@@ -306,8 +326,16 @@ def _apply(phi: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.einsum("sij,sj->si", phi, v)
 
 
-def _exact_steady_state(prop: _Propagators, b: np.ndarray, i: int, amount: np.ndarray, duration: float,
-                        tau: float, include_b: bool, t: float) -> np.ndarray:
+def _exact_steady_state(
+    prop: _Propagators,
+    b: np.ndarray,
+    i: int,
+    amount: np.ndarray,
+    duration: float,
+    tau: float,
+    include_b: bool,
+    t: float,
+) -> np.ndarray:
     ns, n = b.shape
     dose = np.zeros((ns, n))
     base = b if include_b else np.zeros_like(b)
@@ -424,18 +452,35 @@ class _Stacked:
             J = np.zeros((self.ns * self.n, self.ns * self.n))
             J[self.rows, self.cols] = vals.T.ravel()
             return J
-        return scipy.sparse.csc_matrix((vals.T.ravel(), (self.rows, self.cols)),
-                                       shape=(self.ns * self.n, self.ns * self.n))
+        return scipy.sparse.csc_matrix(
+            (vals.T.ravel(), (self.rows, self.cols)), shape=(self.ns * self.n, self.ns * self.n)
+        )
 
 
-def _integrate(system: _Stacked, t0: float, t1: float, y: np.ndarray, t_eval: list[float], method: str,
-               rtol: float, atol: float) -> tuple[np.ndarray, list[np.ndarray]]:
+def _integrate(
+    system: _Stacked,
+    t0: float,
+    t1: float,
+    y: np.ndarray,
+    t_eval: list[float],
+    method: str,
+    rtol: float,
+    atol: float,
+) -> tuple[np.ndarray, list[np.ndarray]]:
     if t1 <= t0:
         return y, [y.copy() for _ in t_eval]
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            sol = solve_ivp(system.fun, (t0, t1), y, method=method, jac=system.jac, rtol=rtol, atol=atol,
-                            t_eval=sorted({*t_eval, t1}))
+            sol = solve_ivp(
+                system.fun,
+                (t0, t1),
+                y,
+                method=method,
+                jac=system.jac,
+                rtol=rtol,
+                atol=atol,
+                t_eval=sorted({*t_eval, t1}),
+            )
     except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:
         raise SimulationError(
             f"the ODE solver failed between t={t0:g} h and t={t1:g} h ({exc}); the model may be diverging or "
@@ -450,8 +495,9 @@ def _integrate(system: _Stacked, t0: float, t1: float, y: np.ndarray, t_eval: li
     return ys[-1].copy(), [ys[k] for k in range(len(t_eval))]
 
 
-def _run_ode(model: Model, plan: _Plan, p: np.ndarray, times: np.ndarray, inputs, method: str,
-             rtol: float, atol: float) -> np.ndarray:
+def _run_ode(
+    model: Model, plan: _Plan, p: np.ndarray, times: np.ndarray, inputs, method: str, rtol: float, atol: float
+) -> np.ndarray:
     system = _Stacked(model, p, inputs)
     ns, n = system.ns, system.n
     y = model.numeric.initial(p).T.reshape(-1).copy()
@@ -487,8 +533,19 @@ def _run_ode(model: Model, plan: _Plan, p: np.ndarray, times: np.ndarray, inputs
     return out
 
 
-def _ode_steady_state(system: _Stacked, x: np.ndarray, i: int, amount: np.ndarray, duration: float, tau: float,
-                      flag: int, t: float, method: str, rtol: float, atol: float) -> np.ndarray:
+def _ode_steady_state(
+    system: _Stacked,
+    x: np.ndarray,
+    i: int,
+    amount: np.ndarray,
+    duration: float,
+    tau: float,
+    flag: int,
+    t: float,
+    method: str,
+    rtol: float,
+    atol: float,
+) -> np.ndarray:
     """Pre-dose steady state of a repeated dose, by iterating the one-interval map to convergence."""
     ns, n = x.shape
     saved_rate = system.rate.copy()
@@ -597,8 +654,11 @@ def simulate(
     if engine == "auto":
         engine = "exact" if model.is_linear and not varying_inputs else "ode"
     if engine == "exact" and not model.is_linear:
-        raise SimulationError(f"the exact engine needs a linear model; {model.name} is nonlinear: "
-                              + "; ".join(model.linearity.reasons) + ". Use engine='ode'.")
+        raise SimulationError(
+            f"the exact engine needs a linear model; {model.name} is nonlinear: "
+            + "; ".join(model.linearity.reasons)
+            + ". Use engine='ode'."
+        )
     if engine == "exact" and varying_inputs:
         raise SimulationError("the exact engine cannot take time-varying inputs; use engine='ode'")
 
@@ -614,11 +674,15 @@ def simulate(
         by_key: dict[Any, list[int]] = {}
         for k, sid in enumerate(ids.tolist()):
             reg = regimen[sid]
-            key = tuple((type(e).__name__, e.time, e.compartment, e.unit, getattr(e, "duration_h", 0.0), e.ss, e.ii)
-                        for e in reg.expand())
+            key = tuple(
+                (type(e).__name__, e.time, e.compartment, e.unit, getattr(e, "duration_h", 0.0), e.ss, e.ii)
+                for e in reg.expand()
+            )
             by_key.setdefault(key, []).append(k)
-        groups = [(np.array(v), regimen[ids[v[0]].item() if hasattr(ids[v[0]], "item") else ids[v[0]]])
-                  for v in by_key.values()]
+        groups = [
+            (np.array(v), regimen[ids[v[0]].item() if hasattr(ids[v[0]], "item") else ids[v[0]]])
+            for v in by_key.values()
+        ]
         # amounts may differ within a group: plan per group uses each member's own regimen
     else:
         raise SimulationError("regimen must be a Regimen, a mapping of ID -> Regimen, or None")
@@ -627,8 +691,14 @@ def simulate(
     for members, reg in groups:
         w = None if wt is None else wt[members]
         if isinstance(regimen, Mapping):
-            plans = [_plan(model, regimen[ids[k].item() if hasattr(ids[k], "item") else ids[k]],
-                           None if w is None else w[j:j + 1]) for j, k in enumerate(members)]
+            plans = [
+                _plan(
+                    model,
+                    regimen[ids[k].item() if hasattr(ids[k], "item") else ids[k]],
+                    None if w is None else w[j : j + 1],
+                )
+                for j, k in enumerate(members)
+            ]
             plan = _merge_plans(plans)
         else:
             plan = _plan(model, reg, w)
@@ -639,7 +709,10 @@ def simulate(
         else:
             sub_inputs = None
             if input_fn is not None:
-                sub_inputs = (lambda tt, f=input_fn, m=members: {i: v[m] for i, v in f(tt).items()})
+
+                def sub_inputs(tt, f=input_fn, m=members):
+                    return {i: v[m] for i, v in f(tt).items()}
+
             states[:, members] = _run_ode(model, plan, sub_p, t, sub_inputs, method, rtol, atol)
 
     num = model.numeric
@@ -662,17 +735,26 @@ def _broadcast_plan(plan: _Plan, ns: int) -> _Plan:
     def b(a):
         return np.broadcast_to(a, (ns,)).copy()
 
-    return _Plan([(t, i, b(a)) for t, i, a in plan.boluses],
-                 [(s, e, i, b(r)) for s, e, i, r in plan.infusions],
-                 [(t, i, b(a), d, tau, f) for t, i, a, d, tau, f in plan.steady])
+    return _Plan(
+        [(t, i, b(a)) for t, i, a in plan.boluses],
+        [(s, e, i, b(r)) for s, e, i, r in plan.infusions],
+        [(t, i, b(a), d, tau, f) for t, i, a, d, tau, f in plan.steady],
+    )
 
 
 def _merge_plans(plans: list[_Plan]) -> _Plan:
     first = plans[0]
     return _Plan(
-        [(t, i, np.concatenate([p.boluses[k][2] for p in plans])) for k, (t, i, _) in enumerate(first.boluses)],
-        [(s, e, i, np.concatenate([p.infusions[k][3] for p in plans]))
-         for k, (s, e, i, _) in enumerate(first.infusions)],
-        [(t, i, np.concatenate([p.steady[k][2] for p in plans]), d, tau, f)
-         for k, (t, i, _, d, tau, f) in enumerate(first.steady)],
+        [
+            (t, i, np.concatenate([p.boluses[k][2] for p in plans]))
+            for k, (t, i, _) in enumerate(first.boluses)
+        ],
+        [
+            (s, e, i, np.concatenate([p.infusions[k][3] for p in plans]))
+            for k, (s, e, i, _) in enumerate(first.infusions)
+        ],
+        [
+            (t, i, np.concatenate([p.steady[k][2] for p in plans]), d, tau, f)
+            for k, (t, i, _, d, tau, f) in enumerate(first.steady)
+        ],
     )

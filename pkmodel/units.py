@@ -97,12 +97,18 @@ class Unit:
         return hash(self.dims)
 
     def __mul__(self, other: Unit) -> Unit:
-        return Unit(self.scale * other.scale, tuple(a + b for a, b in zip(self.dims, other.dims, strict=True)),
-                    f"{self.text}*{other.text}")
+        return Unit(
+            self.scale * other.scale,
+            tuple(a + b for a, b in zip(self.dims, other.dims, strict=True)),
+            f"{self.text}*{other.text}",
+        )
 
     def __truediv__(self, other: Unit) -> Unit:
-        return Unit(self.scale / other.scale, tuple(a - b for a, b in zip(self.dims, other.dims, strict=True)),
-                    f"{self.text}/({other.text})")
+        return Unit(
+            self.scale / other.scale,
+            tuple(a - b for a, b in zip(self.dims, other.dims, strict=True)),
+            f"{self.text}/({other.text})",
+        )
 
     def __pow__(self, power: Fraction | int | float) -> Unit:
         p = Fraction(power).limit_denominator(1000)
@@ -150,7 +156,9 @@ class Unit:
 DIMENSIONLESS = Unit(1.0, tuple(Fraction(0) for _ in DIMENSIONS), "1")
 HOUR = Unit(1.0, tuple(Fraction(d) for d in _TIME), "h")
 
-_FACTOR = re.compile(r"\s*(?:(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?:\^(-?\d+))?|([A-Za-zµμ%-]+|1)(?:\^(-?\d+))?)\s*")
+_FACTOR = re.compile(
+    r"\s*(?:(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?:\^(-?\d+))?|([A-Za-zµμ%-]+|1)(?:\^(-?\d+))?)\s*"
+)
 
 
 def parse_unit(text: str) -> Unit:
@@ -189,7 +197,9 @@ def parse_unit(text: str) -> Unit:
     while True:
         m = _FACTOR.match(s, pos)
         if not m or m.end() == pos:
-            raise UnitError(f"cannot read unit {source!r} at position {pos}: expected a unit symbol or number")
+            raise UnitError(
+                f"cannot read unit {source!r} at position {pos}: expected a unit symbol or number"
+            )
         number, npow, symbol, spow = m.groups()
         if number is not None:
             value = float(number) ** (int(npow) if npow else 1)

@@ -92,13 +92,15 @@ def test_payload_creating_a_file_executes_nothing(tmp_path):
         f"open('{target}', 'w')",
         f"exec(\"open('{target}','w')\")",
         f"eval(\"open('{target}','w')\")",
-        f"().__class__.__base__.__subclasses__()",
+        "().__class__.__base__.__subclasses__()",
     ]
     for text in payloads:
         path = tmp_path / "evil.toml"
         path.write_text(
-            "[compartments]\nA = { unit = \"mg\", dose = true }\n[[flows]]\nfrom = \"A\"\n"
-            f"rate = {text!r}\n".replace("'", "\'"), encoding="utf-8")
+            '[compartments]\nA = { unit = "mg", dose = true }\n[[flows]]\nfrom = "A"\n'
+            f"rate = {text!r}\n".replace("'", "'"),
+            encoding="utf-8",
+        )
         with pytest.raises(pk.ModelFileError):
             pk.load_model(path)
     assert not target.exists()
@@ -116,7 +118,11 @@ HOSTILE_FILES = [
     (variant("compartments.CL", {"unit": "mg"}), "compartments.CL", "declared twice"),
     (variant("compartments.t", {"unit": "mg"}), "compartments.t", "reserved"),
     (variant("compartments.2X", {"unit": "mg"}), "compartments.2X", "not a valid name"),
-    (variant("derived", {"A": {"expr": "B", "unit": "L"}, "B": {"expr": "A", "unit": "L"}}), "derived", "cycle"),
+    (
+        variant("derived", {"A": {"expr": "B", "unit": "L"}, "B": {"expr": "A", "unit": "L"}}),
+        "derived",
+        "cycle",
+    ),
     (variant("derived", {"KEL": {"expr": "CL/V", "unit": "1/min"}}), "derived.KEL", "factor 0.0166667"),
     (variant("modle", {}), None, "unknown section"),
     (variant("model.time_unit", "d"), "model.time_unit", "hours"),
@@ -153,8 +159,10 @@ def test_indexed_species_expand_and_sum():
         "parameters": {"K": {"value": 0.1, "unit": "1/h"}, "V": {"value": 2.0, "unit": "L"}},
         "compartments": {"A{n}": {"for": {"n": "0..3"}, "unit": "mg", "dose": True}},
         "flows": [{"for": {"n": "1..3"}, "from": "A{n}", "to": "A{n-1}", "rate": "{n}*K*A{n}"}],
-        "outputs": {"TOTAL": {"expr": "sum{n=0..3}(A{n})/V", "unit": "mg/L"},
-                    "MEAN": {"expr": "sum{n=1..3}(n*A{n})/sum{n=0..3}(A{n})", "unit": "1"}},
+        "outputs": {
+            "TOTAL": {"expr": "sum{n=0..3}(A{n})/V", "unit": "mg/L"},
+            "MEAN": {"expr": "sum{n=1..3}(n*A{n})/sum{n=0..3}(A{n})", "unit": "1"},
+        },
     }
     m = pk.load_model(data)
     assert m.state_names == ("A0", "A1", "A2", "A3")
@@ -202,9 +210,10 @@ def test_covariate_switch_and_unit_conversion_of_outputs():
     data["flows"][0]["rate"] = "CLI/V*CENT"
     data["outputs"]["CP_NG"] = {"expr": "CENT/V", "unit": "ng/mL"}
     m = pk.load_model(data)
-    r = pk.simulate(m, pk.parse_regimen("100 mg once"), [10.0],
-                    parameters={"WT": [70.0, 140.0, 70.0], "APGR": [7, 7, 3]})
-    k = np.array([1.0, 2.0 ** 0.75, 0.5]) / 10.0
+    r = pk.simulate(
+        m, pk.parse_regimen("100 mg once"), [10.0], parameters={"WT": [70.0, 140.0, 70.0], "APGR": [7, 7, 3]}
+    )
+    k = np.array([1.0, 2.0**0.75, 0.5]) / 10.0
     assert np.allclose(r.output("CP")[0], 10.0 * np.exp(-k * 10.0), rtol=1e-12)
     assert np.allclose(r.output("CP_NG")[0], 1000.0 * r.output("CP")[0], rtol=1e-12)
     with pytest.raises(pk.ModelFileError, match="dimensionless"):
@@ -216,22 +225,30 @@ def test_covariate_switch_and_unit_conversion_of_outputs():
 def test_parse_expression_grammar_round_trip():
     x, y = sp.symbols("x y")
     assert parse_expression("x^2 + max(x, y)", {"x": x, "y": y}) == x**2 + sp.Max(x, y)
-    assert parse_expression("exp(log(x))", {"x": sp.Symbol("x", positive=True)}) == sp.Symbol("x", positive=True)
+    assert parse_expression("exp(log(x))", {"x": sp.Symbol("x", positive=True)}) == sp.Symbol(
+        "x", positive=True
+    )
 
 
 def test_composed_file(tmp_path):
     (tmp_path / "pk.toml").write_text(
         '[compartments]\nCENT = { unit = "mg", dose = true }\n[parameters]\nCL = { value = 1.0, unit = "L/h" }\n'
         'V = { value = 10.0, unit = "L" }\n[[flows]]\nfrom = "CENT"\nrate = "CL/V*CENT"\n'
-        '[outputs]\nCP = { expr = "CENT/V", unit = "mg/L" }\n', encoding="utf-8")
+        '[outputs]\nCP = { expr = "CENT/V", unit = "mg/L" }\n',
+        encoding="utf-8",
+    )
     (tmp_path / "pd.toml").write_text(
         '[parameters]\nKOUT = { value = 0.1, unit = "1/h" }\nSLOPE = { value = 0.01, unit = "L/µg" }\n'
         '[inputs]\nCONC = { unit = "µg/L" }\n[compartments]\nR = { unit = "1", initial = "1" }\n'
         '[[flows]]\nto = "R"\nrate = "KOUT*(1 - SLOPE*CONC)"\n[[flows]]\nfrom = "R"\nrate = "KOUT*R"\n'
-        '[outputs]\nRESP = { expr = "R", unit = "1" }\n', encoding="utf-8")
+        '[outputs]\nRESP = { expr = "R", unit = "1" }\n',
+        encoding="utf-8",
+    )
     (tmp_path / "pkpd.toml").write_text(
         '[model]\nname = "pkpd"\n[compose]\nmodels = ["pk.toml", "pd.toml"]\n'
-        'connect = [{ output = "CP", input = "CONC" }]\n[parameters]\nSLOPE = { value = 0.02 }\n', encoding="utf-8")
+        'connect = [{ output = "CP", input = "CONC" }]\n[parameters]\nSLOPE = { value = 0.02 }\n',
+        encoding="utf-8",
+    )
     m = pk.load_model(tmp_path / "pkpd.toml")
     assert m.connections == (("CP", "CONC"),)
     assert m.parameters["SLOPE"].value == 0.02 and not m.inputs
@@ -246,7 +263,14 @@ def test_composed_file(tmp_path):
     joint = pk.simulate(m, reg, times, rtol=1e-10, atol=1e-12)
     pk_only = pk.simulate(pk.load_model(tmp_path / "pk.toml"), reg, np.linspace(0, 48, 4801))
     pd_model = pk.load_model(tmp_path / "pd.toml")
-    driven = pk.simulate(pd_model, None, times, parameters={"SLOPE": 0.02},
-                         inputs={"CONC": lambda t: 1000 * 2.0 * np.exp(-0.1 * t)}, rtol=1e-10, atol=1e-12)
+    driven = pk.simulate(
+        pd_model,
+        None,
+        times,
+        parameters={"SLOPE": 0.02},
+        inputs={"CONC": lambda t: 1000 * 2.0 * np.exp(-0.1 * t)},
+        rtol=1e-10,
+        atol=1e-12,
+    )
     assert np.allclose(joint.output("RESP"), driven.output("RESP"), rtol=1e-7)
     assert pk_only.output("CP")[0, 0] == 2.0
