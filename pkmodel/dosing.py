@@ -86,8 +86,24 @@ def _check_common(event: Bolus | Infusion) -> None:
         raise DosingError(f"{kind} compartment must be a compartment name or None, got {event.compartment!r}")
 
 
+class _DoseRecord:
+    """What Bolus and Infusion share: ADDL unrolling and validated copies."""
+
+    time: float
+    ii: float
+    addl: int
+
+    def times(self) -> tuple[float, ...]:
+        """Administration (start) times, h, of this record with ADDL unrolled."""
+        return tuple(self.time + k * self.ii for k in range(self.addl + 1))
+
+    def replace(self, **changes: object):
+        """A copy with the given fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True)
-class Bolus:
+class Bolus(_DoseRecord):
     """An instantaneous dose.
 
     Parameters
@@ -124,17 +140,9 @@ class Bolus:
     def __post_init__(self) -> None:
         _check_common(self)
 
-    def times(self) -> tuple[float, ...]:
-        """Administration times (h) of this record with ADDL unrolled."""
-        return tuple(self.time + k * self.ii for k in range(self.addl + 1))
-
-    def replace(self, **changes: object) -> Bolus:
-        """A copy with the given fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
-class Infusion:
+class Infusion(_DoseRecord):
     """A zero-order infusion, given by its ``rate`` *or* its ``duration`` (never both).
 
     Parameters
@@ -201,14 +209,6 @@ class Infusion:
     def duration_h(self) -> float:
         """Duration of one infusion, h."""
         return self.duration if self.duration is not None else self.amount / self.rate  # type: ignore[operator]
-
-    def times(self) -> tuple[float, ...]:
-        """Start times (h) of this record with ADDL unrolled."""
-        return tuple(self.time + k * self.ii for k in range(self.addl + 1))
-
-    def replace(self, **changes: object) -> Infusion:
-        """A copy with the given fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 Dose = Bolus | Infusion
