@@ -77,6 +77,16 @@ class SimulationResult:
     engine: str
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Problems found in the result (e.g. negative amounts from the solver); empty when clean."""
+        return tuple(self.info.get("warnings", ()))
+
+    @property
+    def ok(self) -> bool:
+        """True when the simulation raised no warnings."""
+        return not self.warnings
+
     def output(self, name: str) -> np.ndarray:
         """One output, shape ``(n_times, n_subjects)``."""
         if name in self.outputs:
@@ -728,7 +738,26 @@ def simulate(
     outputs = {name: values[k] for k, name in enumerate(num.output_names)}
     units = {name: q.unit for name, q in model.outputs.items()}
     units.update({name: c.unit for name, c in model.compartments.items()})
-    return SimulationResult(t, ids, outputs, states, units, model.state_names, engine)
+    warnings = _negative_amounts(states, model.state_names, t, atol)
+    return SimulationResult(t, ids, outputs, states, units, model.state_names, engine, {"warnings": warnings})
+
+
+def _negative_amounts(
+    states: np.ndarray, names: tuple[str, ...], times: np.ndarray, atol: float
+) -> tuple[str, ...]:
+    """Messages for compartments whose amounts went below zero beyond the solver tolerance."""
+    out = []
+    scale = np.max(np.abs(states), axis=(0, 1)) if states.size else np.zeros(len(names))
+    for i, name in enumerate(names):
+        low = states[:, :, i]
+        limit = -(10 * atol + 1e-7 * scale[i])
+        if low.size and low.min() < limit:
+            k = np.unravel_index(np.argmin(low), low.shape)
+            out.append(
+                f"compartment {name} went negative ({low[k]:.3g} at t={times[k[0]]:g} h, subject index {k[1]}): "
+                "amounts cannot be negative; tighten rtol/atol or check the model's rates and parameters"
+            )
+    return tuple(out)
 
 
 def _broadcast_plan(plan: _Plan, ns: int) -> _Plan:

@@ -156,18 +156,19 @@ class Unit:
 DIMENSIONLESS = Unit(1.0, tuple(Fraction(0) for _ in DIMENSIONS), "1")
 HOUR = Unit(1.0, tuple(Fraction(d) for d in _TIME), "h")
 
-_FACTOR = re.compile(
-    r"\s*(?:(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?:\^(-?\d+))?|([A-Za-zµμ%-]+|1)(?:\^(-?\d+))?)\s*"
-)
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<sym>[A-Za-zµμ%]+|-)|(?P<op>[*/^()]))")
 
 
 def parse_unit(text: str) -> Unit:
     """Parse a unit string.
 
+    Grammar: ``unit := factor (('*' | '/') factor)*``, ``factor := atom ('^' integer)?``,
+    ``atom := number | symbol | '(' unit ')'``; ``·`` and ``×`` mean ``*``.
+
     Parameters
     ----------
     text : str
-        E.g. ``"mg"``, ``"L/h"``, ``"10^9/L"``, ``"µg·h/mL"``, ``"1"``.
+        E.g. ``"mg"``, ``"L/h"``, ``"10^9/L"``, ``"µg·h/mL"``, ``"1/(mg*h)"``, ``"1"``.
 
     Returns
     -------
@@ -182,6 +183,8 @@ def parse_unit(text: str) -> Unit:
     --------
     >>> parse_unit("10^9/L").scale
     1000000000.0
+    >>> parse_unit("1/(mg*h)") == parse_unit("1/mg/h")
+    True
     >>> parse_unit("furlong")
     Traceback (most recent call last):
     ...
@@ -190,36 +193,78 @@ def parse_unit(text: str) -> Unit:
     if not isinstance(text, str) or not text.strip():
         raise UnitError("a unit is required and may not be empty; write e.g. 'mg', 'L/h' or '1' for none")
     source = text
-    s = text.replace("·", "*").replace("×", "*").replace(" ", "")
+    s = text.replace("·", "*").replace("×", "*").strip()
+    tokens: list[tuple[str, str, int]] = []
     pos = 0
-    result = DIMENSIONLESS
-    op = "*"
-    while True:
-        m = _FACTOR.match(s, pos)
+    while pos < len(s):
+        m = _TOKEN.match(s, pos)
         if not m or m.end() == pos:
-            raise UnitError(
-                f"cannot read unit {source!r} at position {pos}: expected a unit symbol or number"
-            )
-        number, npow, symbol, spow = m.groups()
-        if number is not None:
-            value = float(number) ** (int(npow) if npow else 1)
-            factor = Unit(value, DIMENSIONLESS.dims, number)
-        else:
-            if symbol not in _BASE:
-                known = ", ".join(sorted(_BASE))
-                raise UnitError(f"unknown unit symbol {symbol!r} in unit {source!r}; known symbols: {known}")
-            scale, dims = _BASE[symbol]
-            factor = Unit(scale, tuple(Fraction(d) for d in dims), symbol)
-            if spow:
-                factor = factor ** int(spow)
-        result = result * factor if op == "*" else result / factor
+            raise UnitError(f"cannot read unit {source!r} at position {pos}: unexpected {s[pos]!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind), m.start(kind)))
         pos = m.end()
-        if pos >= len(s):
-            break
-        if s[pos] not in "*/":
-            raise UnitError(f"cannot read unit {source!r} at position {pos}: expected '*' or '/'")
-        op = s[pos]
-        pos += 1
+        while pos < len(s) and s[pos] == " ":
+            pos += 1
+    index = 0
+
+    def peek() -> tuple[str, str, int] | None:
+        return tokens[index] if index < len(tokens) else None
+
+    def take() -> tuple[str, str, int]:
+        nonlocal index
+        tok = peek()
+        if tok is None:
+            raise UnitError(f"unit {source!r} ends too early: expected a unit symbol or number")
+        index += 1
+        return tok
+
+    def atom() -> Unit:
+        kind, value, at = take()
+        if kind == "num":
+            return Unit(float(value), DIMENSIONLESS.dims, value)
+        if kind == "sym":
+            if value not in _BASE:
+                known = ", ".join(sorted(_BASE))
+                raise UnitError(f"unknown unit symbol {value!r} in unit {source!r}; known symbols: {known}")
+            scale, dims = _BASE[value]
+            return Unit(scale, tuple(Fraction(d) for d in dims), value)
+        if value == "(":
+            inner = product()
+            closing = take()
+            if closing[1] != ")":
+                raise UnitError(f"cannot read unit {source!r} at position {closing[2]}: expected ')'")
+            return inner
+        raise UnitError(f"cannot read unit {source!r} at position {at}: unexpected {value!r}")
+
+    def factor() -> Unit:
+        base = atom()
+        tok = peek()
+        if tok is not None and tok[1] == "^":
+            take()
+            sign = 1
+            nxt = take()
+            if nxt[1] == "-":
+                sign, nxt = -1, take()
+            if nxt[0] != "num" or not nxt[1].isdigit():
+                raise UnitError(
+                    f"cannot read unit {source!r} at position {nxt[2]}: an exponent must be an integer"
+                )
+            power = sign * int(nxt[1])
+            if base.dimensionless and base.text and base.text[0].isdigit():
+                return Unit(base.scale**power, base.dims, f"{base.text}^{power}")
+            return base**power
+        return base
+
+    def product() -> Unit:
+        result = factor()
+        while (tok := peek()) is not None and tok[1] in "*/":
+            take()
+            result = result * factor() if tok[1] == "*" else result / factor()
+        return result
+
+    result = product()
+    if index != len(tokens):
+        raise UnitError(f"cannot read unit {source!r} at position {tokens[index][2]}: expected '*' or '/'")
     return Unit(result.scale, result.dims, source)
 
 

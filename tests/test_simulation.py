@@ -318,3 +318,26 @@ def test_errors_are_specific():
             [1.0],
             engine="exact",
         )
+
+
+def test_diverging_model_is_a_clear_error():
+    blowup = {
+        "parameters": {"K": {"value": 1.0, "unit": "1/(mg*h)"}},
+        "compartments": {"A": {"unit": "mg", "dose": True}},
+        "flows": [{"to": "A", "rate": "K*A*A"}],  # dA/dt = A²: A(t) = 1/(1 - t) blows up at t = 1 h
+    }
+    with pytest.raises(pk.SimulationError, match="may be diverging"):
+        pk.simulate(pk.load_model(blowup), pk.parse_regimen("1 mg once"), [0.0, 0.5, 2.0])
+
+
+def test_negative_amounts_are_reported_not_hidden():
+    # a zero-order outflow with no floor drives the amount below zero: the model is wrong, and the result says so
+    leaky = {
+        "parameters": {"R": {"value": 1.0, "unit": "mg/h"}},
+        "compartments": {"A": {"unit": "mg", "dose": True}},
+        "flows": [{"from": "A", "rate": "R"}],
+    }
+    r = pk.simulate(pk.load_model(leaky), pk.parse_regimen("1 mg once"), [0.0, 2.0])
+    assert not r.ok and "went negative" in r.warnings[0] and "compartment A" in r.warnings[0]
+    clean = pk.simulate("one_compartment_iv", pk.parse_regimen("1 mg once"), [0.0, 2.0])
+    assert clean.ok and clean.warnings == ()
