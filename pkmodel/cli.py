@@ -235,6 +235,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import comparison_json, run_comparison, scenario_summary
+
+    comparison = run_comparison(args.scenario, n=args.n, progress=not args.json)
+    out = args.out or f"pkmodel-compare-{comparison.scenario.path.stem}"
+    page = comparison.write(out, force=args.force)
+    if args.json:
+        print(comparison_json(comparison))
+    else:
+        print(scenario_summary(comparison))
+        print(f"report: {page}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    page = run_demo(args.out, force=args.force, n=args.n)
+    print(f"report: {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pkmodel`` command."""
     parser = argparse.ArgumentParser(
@@ -279,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace existing results")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("compare", help="compare regimens as a scenario file says; writes an HTML report")
+    p.add_argument("scenario")
+    p.add_argument("--out", help="report folder (default pkmodel-compare-<scenario name>)")
+    p.add_argument("--n", type=int, help="number of virtual subjects (overrides the scenario)")
+    p.add_argument("--force", action="store_true", help="replace an existing report folder")
+    p.add_argument("--json", action="store_true", help="print the main tables as JSON")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="fit the shipped example and write the regimen-comparison report")
+    p.add_argument("--out", default="pkmodel-demo", help="report folder (default pkmodel-demo)")
+    p.add_argument("--n", type=int, help="number of virtual subjects (default: the scenario's)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

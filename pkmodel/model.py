@@ -70,10 +70,19 @@ _TOP_KEYS = {
 def models_dir() -> Path:
     """The folder of shipped model files (``models/`` of the source tree)."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "models", here / "models"):
+    for candidate in (here.parent / "models", here / "models_data"):
         if candidate.is_dir():
             return candidate
     return here.parent / "models"
+
+
+def fits_dir() -> Path:
+    """The folder of shipped fit and scenario specifications (``fits/`` of the source tree)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "fits", here / "fits_data"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "fits"
 
 
 def list_models() -> list[tuple[str, str]]:
