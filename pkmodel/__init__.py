@@ -11,6 +11,8 @@ Examples
 9.0484
 """
 
+from .compare import Comparison, dose_intensity, load_scenario, run_comparison
+from .data import Dataset, read_dataset, validate_dataset
 from .dosing import Bolus, Infusion, Regimen, cycle_regimen, d1_8_15_q4w, parse_regimen, q3w
 from .errors import (
     DatasetError,
@@ -23,13 +25,19 @@ from .errors import (
     SpecError,
     UnitError,
 )
+from .estimation import fit_individual, fit_population
+from .grading import grade_anc, grade_wbc, summarize_course, summarize_courses
 from .model import Model, list_models, load_model
+from .nca import nca, nca_table
+from .response import fit_logistic, neutropenia_incidence, select_exposure_metric
 from .simulation import SimulationResult, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bolus",
+    "Comparison",
+    "Dataset",
     "DatasetError",
     "DosingError",
     "EstimationError",
@@ -45,9 +53,25 @@ __all__ = [
     "UnitError",
     "cycle_regimen",
     "d1_8_15_q4w",
+    "dose_intensity",
+    "fit_individual",
+    "fit_logistic",
+    "fit_population",
+    "grade_anc",
+    "grade_wbc",
     "list_models",
     "load_model",
+    "load_scenario",
+    "nca",
+    "nca_table",
+    "neutropenia_incidence",
     "parse_regimen",
     "q3w",
+    "read_dataset",
+    "run_comparison",
+    "select_exposure_metric",
     "simulate",
+    "summarize_course",
+    "summarize_courses",
+    "validate_dataset",
 ]

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lmfit
 import numpy as np
 import pandas as pd
 
 from pkmodel.errors import EstimationError
+
+if TYPE_CHECKING:  # lmfit imports matplotlib: numerical modules import it only when fitting
+    import lmfit
 from pkmodel.estimation.covariance import CovarianceStep, central_hessian, covariance_from_hessian
 from pkmodel.estimation.problem import ResidualError, Subject, Theta
 from pkmodel.estimation.residual import LOG_2PI, observation_terms
@@ -187,6 +189,8 @@ class IndividualResult:
 
 
 def _as_lmfit(parameters: Sequence[Theta] | lmfit.Parameters) -> lmfit.Parameters:
+    import lmfit
+
     if isinstance(parameters, lmfit.Parameters):
         for par in parameters.values():
             if par.vary and par.expr is None and (par.value <= par.min or par.value >= par.max):
@@ -254,6 +258,8 @@ def fit_individual(
     >>> round(fit.estimates["A"], 6), round(fit.estimates["K"], 6)
     (10.0, 0.3)
     """
+    import lmfit
+
     params = _as_lmfit(parameters)
     arrays = _residual_arrays(subject, residual)
     for r in residual:
