@@ -11,7 +11,8 @@ Columns
 Column names are case-insensitive and normalised to upper case; leading/trailing blanks are ignored.
 
 ======  =========================================================================================
-ID      Subject identifier (numbers, or text if any value is not a number).  Required.
+ID      Subject identifier (numbers, or text if any value is not a number).  Required.  A numeric ID
+        must be below 2^53 in magnitude (beyond that, float64 cannot keep every ID apart).
 TIME    Time of the record, h, >= 0.  Required.  Non-decreasing within a subject, except that an
         EVID 3 or 4 (reset) record may restart time.
 AMT     Dose amount, in ``dose_unit`` (default ``"mg"``; ``"mg/kg"`` is multiplied by body weight
@@ -25,7 +26,8 @@ EVID    0 observation, 1 dose, 2 other (e.g. a covariate change), 3 reset, 4 res
 MDV     1 when DV is missing or must not be used.  See the EVID/MDV rules below.
 DV      Observed value, in the unit of the output it measures.
 II      Interdose interval, h; needed with ADDL > 0 or SS > 0, and not allowed without them.
-ADDL    Number of additional doses, every II after this one.
+ADDL    Number of additional doses, every II after this one: a whole number from 0 to
+        :data:`MAX_ADDL`.
 SS      0, 1 (reset to steady state, then dose) or 2 (steady state added to the current state).
 DVID    Name of the model output an observation measures (``TAb``, ``ADC``, ``SN38``, ``ANC``, ...),
         or its 1-based number in ``outputs``.  Without a DVID column every observation measures the
@@ -39,7 +41,10 @@ other   Covariates (WT, ALB, ...): numbers, or text categories when no value of 
 ======  =========================================================================================
 
 Missing values are empty fields or ``.`` (the NONMEM convention).  The text ``NaN`` or ``inf`` is an
-error: write ``.`` for a missing value.
+error: write ``.`` for a missing value.  Any finite float64 is accepted (``1e308`` too); a number
+beyond ±1.8e308 reads as infinite and is the same error.  Whole-number fields (ID, CMT and DVID
+numbers) must be below 2^53, and every dose record must end at a finite time: TIME + ADDL·II plus the
+infusion duration (AMT/RATE or DUR) must not overflow.
 
 Rules chosen where NONMEM leaves room
 ------------------------------------
@@ -54,7 +59,19 @@ Rules chosen where NONMEM leaves room
   same number is kept in the ``ROW`` column of :attr:`Dataset.records`.
 * Lines starting with ``#`` are comments (a first line ``#ID,TIME,...`` is taken as the header); they
   and blank lines are skipped and counted in ``report.excluded``.  The delimiter is detected from the
-  header line among comma, semicolon and tab.  The file must be UTF-8 (a byte-order mark is allowed).
+  header line among comma, semicolon and tab.  The file must be UTF-8 (a byte-order mark is allowed)
+  or UTF-16 with its byte-order mark; another encoding (Latin-1, Windows-1252) is reported at the
+  line and column of the first byte that is not UTF-8.  A file holding only a byte-order mark is empty.
+* **Repeated column names** (case-insensitive, e.g. ``TIME`` and ``time``) are reported before
+  anything else is parsed: which of the two columns is meant cannot be known, so no row is read (and
+  no row problem reported) until the header is fixed.
+* **Quotes** follow RFC 4180: a quote (``"``) encloses a whole field (blanks around it are allowed),
+  and ``""`` inside it stands for one quote.  A quote inside an unquoted field, text after a closing
+  quote, or a quote that does not close on its line is reported (rules ``stray-quote`` and
+  ``unbalanced-quotes``), since CSV readers disagree on what such a line holds.
+* **Pre-dose observations** -- observations before their subject's first dose record, e.g. a
+  baseline sample -- are normal: they are kept and used, and counted in
+  :attr:`DatasetReport.n_predose` ("pre-dose observations" in the summary).
 * No record is dropped silently: observations with MDV=1 and EVID 2 records are kept in
   ``records``, left out of :meth:`Dataset.observations` and :meth:`Dataset.regimens`, and counted by
   reason in :attr:`Dataset.report`.
@@ -79,6 +96,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import os
 import re
@@ -111,6 +129,13 @@ STANDARD_COLUMNS = (
 
 #: How many rows breaking one rule are listed one by one before the rest are summarised.
 MAX_LISTED = 20
+
+#: The largest ADDL accepted: more additional doses than this on one record is taken for a typo.
+MAX_ADDL = 100_000
+
+#: Whole numbers (ID, CMT, DVID) must be below this in magnitude: 2**53, the limit of exact integers
+#: in a float64 (beyond it two different IDs can read as the same number).
+_MAX_EXACT = 2.0**53
 
 _NUMERIC = ("TIME", "EVID", "MDV", "AMT", "RATE", "DUR", "II", "ADDL", "SS", "DV", "LLOQ", "BLQ")
 _NUMBER_OR_TEXT = ("ID", "CMT", "DVID")
@@ -175,6 +200,10 @@ class DatasetReport:
         Used observations per DVID.
     excluded : dict of str to int
         Records or lines read but not used as an observation, dose or reset, by reason.
+    n_predose : int
+        Pre-dose observations: used observations recorded before their subject's first dose record
+        (all of a subject's observations when it has no dose).  They are kept and used; the count is
+        for information.
     """
 
     n_records: int
@@ -186,6 +215,7 @@ class DatasetReport:
     n_resets: int
     observations_by_output: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
+    n_predose: int = 0
 
     @property
     def n_excluded(self) -> int:
@@ -202,6 +232,11 @@ class DatasetReport:
         2 observations (DV: 2), 0 BLQ
         1 dose record (1 administration), 0 resets
         excluded: 1 comment line
+
+        Pre-dose observations are mentioned when there are any:
+
+        >>> print(DatasetReport(3, 1, 2, 1, 1, 0, 0, {"DV": 2}, n_predose=1).summary().splitlines()[1])
+        2 observations (DV: 2), 0 BLQ, 1 pre-dose observation
         """
 
         def plural(n: int, word: str) -> str:
@@ -212,7 +247,8 @@ class DatasetReport:
             f"{plural(self.n_records, 'record')}, {plural(self.n_subjects, 'subject')}",
             f"{plural(self.n_observations, 'observation')}"
             + (f" ({by_output})" if by_output else "")
-            + f", {self.n_blq} BLQ",
+            + f", {self.n_blq} BLQ"
+            + (f", {plural(self.n_predose, 'pre-dose observation')}" if self.n_predose else ""),
             f"{plural(self.n_doses, 'dose record')} ({plural(self.n_administrations, 'administration')}), "
             f"{plural(self.n_resets, 'reset')}",
         ]
@@ -809,7 +845,11 @@ def _frame_from_file(
     delimiter = max(_DELIMITERS, key=lambda d: header_text.count(d))  # ties: comma first
     if header_text.count(delimiter) == 0:
         delimiter = ","
-    names = next(csv.reader([header_text], delimiter=delimiter))
+    if '"' in header_text and _bad_quote_lines(header_text.encode("utf-8"), delimiter).size:
+        rule, message = _quote_problem(header_text, delimiter)  # the header without its '#'
+        problems.add(rule, message, row=header_index + 1)
+        return none
+    names = next(csv.reader([header_text], delimiter=delimiter, skipinitialspace=True))
     n_fields = len(names)
     if n_fields == 1 and len(names[0].split()) > 1:
         problems.add(
@@ -820,6 +860,8 @@ def _frame_from_file(
         )
         return none
     columns = _normalise_columns(names, problems, where=f"line {header_index + 1} (header)")
+    if any(p.rule == "duplicate-column" for p in problems.items):
+        return none  # which of two same-named columns is meant is unknowable: no row is read
 
     data = np.arange(n_lines) > header_index
     n_comment = int(np.sum(comment & data)) + int(np.sum(comment[:header_index]))
@@ -833,9 +875,14 @@ def _frame_from_file(
     delimiters = np.flatnonzero(arr == ord(delimiter))
     quotes = np.flatnonzero(arr == ord('"'))
     unbalanced = np.zeros(n_lines, bool)
-    if quotes.size:  # count only the delimiters outside quoted fields ("" inside a field keeps the parity)
+    if quotes.size:
+        # lines whose quotes break the CSV rules: reported, and not read (pandas would read them in
+        # another way than the field count below assumes)
+        bad_quotes = np.zeros(n_lines, bool)
+        bad_quotes[np.searchsorted(starts, _bad_quote_lines(raw, delimiter))] = True
+        unbalanced = candidate & bad_quotes
+        # count only the delimiters outside quoted fields ("" inside a field keeps the parity)
         odd = per_line(quotes) % 2 == 1
-        unbalanced = candidate & odd
         if odd.any():  # parity from the start of each delimiter's own line
             line_of = np.searchsorted(starts, delimiters, side="right") - 1
             inside = (np.searchsorted(quotes, delimiters) - np.searchsorted(quotes, starts)[line_of]) % 2 == 1
@@ -846,14 +893,12 @@ def _frame_from_file(
     wrong = candidate & ~unbalanced & (fields != n_fields)
 
     problems.rows = np.arange(1, n_lines + 1)
-    problems.rows_where(
-        "unbalanced-quotes",
-        unbalanced,
-        lambda i: (
-            'has an odd number of quote characters (") so a field never closes; '
-            "a field must not span lines: fix the quotes"
-        ),
-    )
+    if unbalanced.any():  # which field, and whether it is unclosed or stray, line by line
+        found = {int(i): _quote_problem(text_of(int(i)), delimiter) for i in np.flatnonzero(unbalanced)}
+        for rule in ("unbalanced-quotes", "stray-quote"):
+            mask = np.zeros(n_lines, bool)
+            mask[[i for i, (r, _) in found.items() if r == rule]] = True
+            problems.rows_where(rule, mask, lambda i: found[i][1])
     problems.rows_where(
         "wrong-field-count",
         wrong,
@@ -901,6 +946,50 @@ def _frame_from_file(
     return frame, rows, excluded
 
 
+@functools.cache
+def _quote_patterns(delimiter: str) -> tuple[re.Pattern[bytes], re.Pattern[str], re.Pattern[str]]:
+    """Bad lines (bytes, multiline), and a quoted and a plain field (text), for one delimiter."""
+    d = re.escape(delimiter)
+    field = rb' *"(?:[^"\n]|"")*" *|[^"\n' + d.encode() + rb"]*"
+    line = rb"(?:" + field + rb")(?:" + d.encode() + rb"(?:" + field + rb"))*"
+    bad = re.compile(rb"^(?!" + line + rb"$)", re.MULTILINE)
+    return bad, re.compile(r' *"(?:[^"]|"")*" *'), re.compile(f'[^"{d}]*')
+
+
+def _bad_quote_lines(raw: bytes, delimiter: str) -> np.ndarray:
+    """Byte offsets of the lines of ``raw`` whose quotes break the CSV rules (RFC 4180).
+
+    A quote (") may only enclose a whole field (blanks around it allowed), and ``""`` inside such a
+    field stands for one quote.  Anything else -- a quote inside an unquoted field, text after a
+    closing quote, a quote that does not close on its line -- is read differently by different CSV
+    readers, so pkmodel reports it instead of guessing.
+    """
+    bad = _quote_patterns(delimiter)[0]
+    return np.fromiter((m.start() for m in bad.finditer(raw)), dtype=np.int64)
+
+
+def _quote_problem(line: str, delimiter: str) -> tuple[str, str]:
+    """The rule and message for a line that :func:`_bad_quote_lines` reported: which field, and why."""
+    _, quoted, plain = _quote_patterns(delimiter)
+    pos, k = 0, 1
+    while True:
+        match = quoted.match(line, pos) or plain.match(line, pos)
+        end = match.end() if match else pos
+        if end < len(line) and line[end] == delimiter:
+            pos, k = end + 1, k + 1
+            continue
+        break
+    if line[pos:].lstrip(" ").startswith('"') and not quoted.match(line, pos):
+        return "unbalanced-quotes", (
+            f'field {k} opens a quote (") that does not close on this line: close it (a field must not '
+            'span lines; write "" for a quote inside a quoted field)'
+        )
+    return "stray-quote", (
+        f'field {k} has a quote character (") that does not enclose the whole field: remove it, or put '
+        'the whole field in quotes and double the quotes inside, e.g. "5\'10"""'
+    )
+
+
 def _looks_like_header(text: str) -> bool:
     tokens = {t.strip().strip('"').upper() for t in re.split(r"[,;\t]", text)}
     return "ID" in tokens and "TIME" in tokens
@@ -938,6 +1027,8 @@ def _frame_from_dataframe(
     source: pd.DataFrame, problems: _Problems
 ) -> tuple[pd.DataFrame | None, np.ndarray, dict[str, int]]:
     columns = _normalise_columns(list(source.columns), problems, where="DataFrame columns")
+    if any(p.rule == "duplicate-column" for p in problems.items):
+        return None, np.zeros(0, dtype=np.int64), {}
     frame = source.reset_index(drop=True).copy()
     frame.columns = columns
     rows = np.arange(1, len(frame) + 1)
@@ -957,16 +1048,30 @@ class _Column:
     invalid: np.ndarray  # a value was given but rejected (reported already)
 
 
-def _split_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Numbers, stripped text, present, non-numeric and NaN/inf masks of a raw column."""
+def _split_column(
+    series: pd.Series,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Numbers, stripped text, and the present, non-numeric, NaN/inf and not-a-single-value masks of a
+    raw column."""
+    n = len(series)
     if pd.api.types.is_bool_dtype(series.dtype):
         series = series.astype("float64")
-    if pd.api.types.is_numeric_dtype(series.dtype):
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_complex_dtype(series.dtype):
         number = series.to_numpy(dtype=float, na_value=np.nan).copy()
         present = ~np.isnan(number)
         nonfinite = np.isinf(number)
-        text = np.full(len(number), None, dtype=object)
-        return number, text, present, np.zeros(len(number), bool), nonfinite
+        text = np.full(n, None, dtype=object)
+        text[nonfinite] = np.where(number[nonfinite] > 0, "inf", "-inf")  # for the message
+        number[nonfinite] = np.nan  # reported as not-finite; never used as a value
+        return number, text, present, np.zeros(n, bool), nonfinite, np.zeros(n, bool)
+    # a DataFrame cell may hold a list, dict, array...: not a value of a record (and not hashable)
+    nonscalar = np.zeros(n, bool)
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True).startswith("mixed"):
+        nonscalar = np.fromiter((not pd.api.types.is_scalar(v) for v in series), dtype=bool, count=n)
+        if nonscalar.any():
+            text = np.full(n, None, dtype=object)
+            text[nonscalar] = [f"{type(v).__name__} {v!r}" for v in series[nonscalar]]
+            series = series.where(~nonscalar, None)
     # text: work on the distinct values only (a DVID column has a handful), then spread them out
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     stripped = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype("string").str.strip()
@@ -979,9 +1084,12 @@ def _split_column(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray
     nonfinite = nan_text | np.isinf(number)
     nonnumeric = present & np.isnan(number) & ~nan_text
     number[nonfinite] = np.nan
-    text = np.append(stripped.to_numpy(dtype=object, na_value=None), None)
+    text_of_unique = np.append(stripped.to_numpy(dtype=object, na_value=None), None)
     take = np.where(codes < 0, len(uniques), codes)
-    return number[take], text[take], present[take], nonnumeric[take], nonfinite[take]
+    out_text = text_of_unique[take]
+    if nonscalar.any():
+        out_text[nonscalar] = text[nonscalar]  # for the message
+    return number[take], out_text, present[take], nonnumeric[take], nonfinite[take], nonscalar
 
 
 class _Checker:
@@ -1050,7 +1158,9 @@ class _Checker:
         self._times()
         self._duplicates()
         self._covariates()
-        return self._records(), self._report()
+        # the normalised records cast EVID, MDV, ADDL, SS and whole-number IDs to integers: build them
+        # only when every value passed its rule (the counts of the report are robust to bad values)
+        return (None if p.items else self._records()), self._report()
 
     # -- value conversion
     def _convert(self) -> None:
@@ -1058,7 +1168,15 @@ class _Checker:
         for name in self.frame.columns:
             if "#" in name:
                 continue
-            number, text, present, nonnumeric, nonfinite = _split_column(self.frame[name])
+            number, text, present, nonnumeric, nonfinite, nonscalar = _split_column(self.frame[name])
+            p.rows_where(
+                "not-a-single-value",
+                nonscalar,
+                lambda i, name=name, text=text: (
+                    f"{name} holds a {text[i]}, not a single value: give one number or text per cell"
+                ),
+                column=name,
+            )
             kind = "number" if name in _NUMERIC else "mixed" if name in _NUMBER_OR_TEXT else "covariate"
             if kind == "covariate" and present.any() and not np.any(present & ~nonnumeric & ~nonfinite):
                 kind = "text"  # a categorical covariate: no value is a number
@@ -1085,15 +1203,14 @@ class _Checker:
             p.rows_where(
                 "not-finite",
                 nonfinite,
-                lambda i, name=name, text=text, number=number: (
-                    f"{name} value "
-                    f"{text[i] if text[i] is not None else _fmt(number[i])!r} is NaN or infinite: "
-                    "enter a finite number, or . (or an empty field) for a missing value"
+                lambda i, name=name, text=text: (
+                    f"{name} value {text[i]!r} is NaN or infinite (a number beyond ±1.8e308 also reads "
+                    "as infinite): enter a finite number, or . (or an empty field) for a missing value"
                 ),
                 column=name,
             )
             invalid = nonnumeric if kind in ("number", "covariate") else np.zeros(self.n, bool)
-            invalid = invalid | nonfinite
+            invalid = invalid | nonfinite | nonscalar
             if kind in ("number", "covariate"):
                 number = np.where(invalid, np.nan, number)
                 text_out = None
@@ -1113,6 +1230,22 @@ class _Checker:
                 lambda i, name=name, what=what: f"{name} is empty: every record needs its {what}; fill it in",
                 column=name,
             )
+        id_col = self.cols["ID"]
+        if id_col.text is None:  # numeric IDs: beyond 2**53 distinct IDs can read as the same number
+            huge = id_col.present & (np.abs(np.nan_to_num(id_col.number)) >= _MAX_EXACT)
+            written = self.frame["ID"]  # as in the file: the float may have lost digits
+            p.rows_where(
+                "id-too-large",
+                huge,
+                lambda i: (
+                    f"ID {str(written.iloc[i]).strip()} is too large to be kept exactly (numeric IDs must be "
+                    "below 2^53 = 9007199254740992 in magnitude, or different IDs may merge): renumber the "
+                    "subjects, or use text IDs such as S001"
+                ),
+                column="ID",
+            )
+            id_col.present = id_col.present & ~huge
+            id_col.invalid = id_col.invalid | huge
         for name in ("EVID", "MDV"):
             col = self.cols.get(name)
             if col is not None:
@@ -1283,11 +1416,16 @@ class _Checker:
             lambda i: f"II {_fmt(ii[i])} is negative: the interdose interval is in h and must be > 0",
             column="II",
         )
-        bad_addl = dose & ~np.isnan(addl) & ((addl < 0) | (addl != np.round(addl)))
+        bad_addl = dose & ~np.isnan(addl) & ((addl < 0) | (addl != np.round(addl)) | (addl > MAX_ADDL))
         p.rows_where(
             "bad-addl",
             bad_addl,
-            lambda i: f"ADDL {_fmt(addl[i])} must be a whole number >= 0 (the number of additional doses)",
+            lambda i: (
+                f"ADDL {_fmt(addl[i])} is more than {MAX_ADDL} additional doses on one record: correct it "
+                "(a typo?), or split the doses over several dose records"
+                if addl[i] > MAX_ADDL
+                else f"ADDL {_fmt(addl[i])} must be a whole number >= 0 (the number of additional doses)"
+            ),
             column="ADDL",
         )
         bad_ss = dose & ~np.isnan(ss) & ~np.isin(ss, (0, 1, 2))
@@ -1327,8 +1465,24 @@ class _Checker:
             ),
             column="II",
         )
-        with np.errstate(divide="ignore", invalid="ignore"):
+        time = self.num("TIME")
+        repeats = np.where((addl > 0) & ~bad_addl & has_ii, addl, 0.0)
+        interval = np.where(has_ii, ii, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # overflow is a rule below
             duration = np.where(rate > 0, amt / rate, np.where(dur > 0, dur, 0.0))
+            end = time + repeats * interval + duration
+        p.rows_where(
+            "dose-time-overflow",
+            dose & np.isinf(end),
+            lambda i: (
+                f"AMT {_fmt(amt[i])} / RATE {_fmt(rate[i])} makes an infusion too long to represent "
+                f"(over 1.8e308 h): correct RATE ({unit}/h) or AMT"
+                if np.isinf(duration[i])
+                else f"the doses of this record end at TIME + ADDL x II + infusion duration = "
+                f"{_fmt(time[i])} + {_fmt(repeats[i])} x {_fmt(interval[i])} + {_fmt(duration[i])} h, beyond "
+                "the largest representable time (1.8e308 h): correct TIME, II, ADDL or the infusion"
+            ),
+        )
         p.rows_where(
             "infusion-longer-than-ii",
             dose & has_ii & ((addl > 0) | (ss > 0)) & (duration > ii) & ~((rate > 0) & (dur > 0)),
@@ -1338,6 +1492,7 @@ class _Checker:
             ),
         )
         self.duration = duration
+        self.addl_valid = np.where(np.isnan(addl) | bad_addl, 0.0, addl)
 
     # -- compartments
     def _compartments(self) -> None:
@@ -1350,7 +1505,7 @@ class _Checker:
         comps = self.compartments
         is_number = ~np.isnan(number)
         is_text = col.present & ~is_number
-        whole = is_number & (number == np.round(number)) & (number >= 1)
+        whole = is_number & (number == np.round(number)) & (number >= 1) & (number < _MAX_EXACT)
         if comps is not None:
             valid_number = whole & (number <= len(comps))
             listing = ", ".join(f"{k} {c}" for k, c in enumerate(comps, start=1))
@@ -1368,7 +1523,8 @@ class _Checker:
             value = _fmt(number[i]) if is_number[i] else repr(names[i])
             if comps is None:
                 return (
-                    f"CMT {value} is not a compartment number: use a whole number >= 1 or a compartment name"
+                    f"CMT {value} is not a compartment number: use a whole number >= 1 (below 2^53) or a "
+                    "compartment name"
                 )
             hint = ""
             if is_text[i]:
@@ -1419,7 +1575,7 @@ class _Checker:
             text = col.text if col.text is not None else np.full(self.n, None, dtype=object)
             is_number = ~np.isnan(number)
             names = np.full(self.n, None, dtype=object)
-            whole = is_number & (number == np.round(number)) & (number >= 1)
+            whole = is_number & (number == np.round(number)) & (number >= 1) & (number < _MAX_EXACT)
             if outputs is not None:
                 ok_number = whole & (number <= len(outputs))
                 idx = np.where(ok_number, number, 1).astype(np.int64) - 1
@@ -1447,7 +1603,7 @@ class _Checker:
             def message(i: int) -> str:
                 value = _fmt(number[i]) if is_number[i] else repr(text[i])
                 if outputs is None:
-                    return f"DVID {value} must be an output name or a whole number >= 1"
+                    return f"DVID {value} must be an output name or a whole number >= 1 (below 2^53)"
                 close = [o for o in outputs if not is_number[i] and o.lower() == str(text[i]).lower()]
                 hint = f" (names are case-sensitive: did you mean {close[0]!r}?)" if close else ""
                 return (
@@ -1667,27 +1823,22 @@ class _Checker:
         def filled(name: str) -> np.ndarray:
             return np.nan_to_num(self.num(name), nan=0.0)
 
+        # called only when every rule passed: IDs, EVID, MDV are present and finite, whole-number IDs are
+        # below 2**53, ADDL is a whole number 0..MAX_ADDL and SS is 0, 1 or 2 (or empty), so the casts
+        # to integers are exact
         id_col = self.cols["ID"]
         if id_col.text is not None:
-            ids = pd.Series(id_col.text, dtype=object)
+            ids = id_col.text
         else:
             numbers = id_col.number
-            whole = np.all(np.isnan(numbers) | (numbers == np.round(numbers)))
-            ids = (
-                pd.Series(numbers).astype("Int64" if np.isnan(numbers).any() else np.int64)
-                if whole
-                else pd.Series(numbers)
-            )
-        evid = self.evid
+            ids = numbers.astype(np.int64) if np.all(numbers == np.round(numbers)) else numbers
         records = pd.DataFrame(
             {
                 "ROW": self.p.rows.astype(np.int64),
-                "ID": ids.to_numpy(),
+                "ID": ids,
                 "TIME": self.cols["TIME"].number,
-                "EVID": pd.Series(evid).astype("Int64") if np.isnan(evid).any() else evid.astype(np.int64),
-                "MDV": pd.Series(self.mdv).astype("Int64")
-                if np.isnan(self.mdv).any()
-                else self.mdv.astype(np.int64),
+                "EVID": self.evid.astype(np.int64),
+                "MDV": self.mdv.astype(np.int64),
                 "AMT": filled("AMT"),
                 "RATE": filled("RATE"),
                 "DUR": filled("DUR"),
@@ -1716,18 +1867,28 @@ class _Checker:
         if n_other:
             excluded["EVID 2 record (other event)"] = n_other
         excluded.update(self.lines_excluded)
-        addl = np.nan_to_num(self.num("ADDL"), nan=0.0)
         by_output = pd.Series(self.dvid[used]).value_counts(dropna=False).sort_index()
         id_col = self.cols["ID"]
         ids = id_col.text if id_col.text is not None else id_col.number
+        # pre-dose observations: used observations before their subject's first dose record
+        codes, uniques = pd.factorize(pd.Series(ids, dtype=object))
+        codes = np.where(id_col.present, codes, -1)
+        dose_positions = np.flatnonzero(self.dose & (codes >= 0))
+        # one slot per ID plus a last one for records without a valid ID (code -1, never pre-dose)
+        first_dose = np.full(len(uniques) + 1, self.n)  # n: no dose, every observation is before it
+        first_dose[-1] = -1
+        dosed, first = np.unique(codes[dose_positions], return_index=True)
+        first_dose[dosed] = dose_positions[first]
+        predose = used & (np.arange(self.n) < first_dose[codes])
         return DatasetReport(
             n_records=self.n,
             n_subjects=int(pd.Series(ids[id_col.present], dtype=object).nunique()),
             n_observations=int(np.sum(used)),
             n_doses=int(np.sum(self.dose)),
-            n_administrations=int(np.sum(np.where(self.dose, addl + 1, 0))),
+            n_administrations=int(np.sum(np.where(self.dose, self.addl_valid + 1, 0))),
             n_blq=int(np.sum(self.blq & used)),
             n_resets=int(np.sum(np.isin(evid, (3, 4)))),
             observations_by_output={str(k): int(v) for k, v in by_output.items()},
             excluded=excluded,
+            n_predose=int(np.sum(predose)),
         )

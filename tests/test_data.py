@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from pkmodel.data import (
+    MAX_ADDL,
     MAX_LISTED,
     Dataset,
     DatasetReport,
@@ -145,11 +146,13 @@ CASES = [
     ),
     (
         "unbalanced-quotes",
-        variant(3, '1,1,0,0,0,2,5.2,"TAb,70'),  # line 3 opens a quote and never closes it
+        # line 3 opens a quote in field 8 (DVID: ID,TIME,EVID,MDV,AMT,CMT,DV,DVID) and never closes it
+        variant(3, '1,1,0,0,0,2,5.2,"TAb,70'),
         {},
         "unbalanced-quotes",
         3,
-        r"line 3: has an odd number of quote characters \(\"\) so a field never closes",
+        r"line 3: field 8 opens a quote \(\"\) that does not close on this line: close it \(a field must not "
+        r"span lines",
     ),
     # -- values
     (
@@ -184,7 +187,8 @@ CASES = [
         {},
         "not-finite",
         3,
-        r"line 3: DV value 'NaN' is NaN or infinite: enter a finite number, or \. \(or an empty field\)",
+        r"line 3: DV value 'NaN' is NaN or infinite \(a number beyond ±1\.8e308 also reads as infinite\): "
+        r"enter a finite number, or \. \(or an empty field\)",
     ),
     (
         "inf",
@@ -561,6 +565,143 @@ CASES += [
 ]
 
 
+# hostile files (issue 8): encodings, huge values, mixed types, quotes
+CASES += [
+    (
+        "bom-only",
+        "\ufeff",  # a UTF-8 byte-order mark and nothing else: empty once the mark is removed
+        {},
+        "empty-file",
+        None,
+        r"the file is empty: a dataset needs a header line \(ID,TIME,\.\.\.\) and data rows",
+    ),
+    (
+        "latin1-encoded",
+        # the whole file saved as Latin-1: 'ü' is the byte 0xFC.  Line 3 is "1,1,0,0,0,2,5.2,TAb,70,Zürich":
+        # the prefix up to the last comma is 23 characters, so 'Z' is column 24 and 'ü' column 25
+        lines(HEADER + ",SITE", GOOD[0] + ",Basel", GOOD[1] + ",Zürich").encode("latin-1"),
+        {},
+        "not-utf8",
+        3,
+        r"line 3: byte 0xFC at column 25 is not UTF-8 \(the file is probably Latin-1 or Windows-1252",
+    ),
+    (
+        "mixed-types-amount-with-unit",
+        variant(5, "2,0,1,1,100 mg,1,.,.,80"),  # line 5: AMT written with its unit among plain numbers
+        {},
+        "non-numeric",
+        5,
+        r"line 5: AMT value '100 mg' is not a number: enter a number, or \. for a missing value",
+    ),
+    (
+        "mixed-types-clock-time",
+        variant(4, "1,2:30,0,0,0,2,3.1,TAb,70"),  # line 4: TIME as a clock time among hours
+        {},
+        "non-numeric",
+        4,
+        r"line 4: TIME value '2:30' is not a number",
+    ),
+    (
+        "beyond-double-range",
+        # 1e309 is above the largest float64 (1.797e308): pandas reads it as inf
+        variant(3, "1,1,0,0,0,2,1e309,TAb,70"),
+        {},
+        "not-finite",
+        3,
+        r"line 3: DV value 'inf' is NaN or infinite \(a number beyond ±1\.8e308 also reads as infinite\)",
+    ),
+    (
+        "infinite-id",
+        variant(6, "inf,1,0,0,0,2,6.0,TAb,80"),  # line 6: ID inf
+        {},
+        "not-finite",
+        6,
+        r"line 6: ID value 'inf' is NaN or infinite",
+    ),
+    (
+        "id-too-large",
+        # line 6: 20 digits, beyond 2^53 = 9007199254740992; as a float it equals 10^20, as would
+        # 100000000000000000002, so two subjects could merge
+        variant(6, "100000000000000000001,1,0,0,0,2,6.0,TAb,80"),
+        {},
+        "id-too-large",
+        6,
+        r"line 6: ID 100000000000000000001 is too large to be kept exactly \(numeric IDs must be below "
+        r"2\^53 = 9007199254740992 in magnitude, or different IDs may merge\): renumber the subjects",
+    ),
+    (
+        "cmt-too-large",
+        variant(5, "2,0,1,1,100,1e308,.,.,80"),  # line 5: CMT 1e308 (no model compartments given)
+        {},
+        "unknown-cmt",
+        5,
+        r"line 5: CMT 1e\+308 is not a compartment number: use a whole number >= 1 \(below 2\^53\)",
+    ),
+    (
+        "addl-too-large",
+        dose_file("1,0,1,100,.,.,24,1e308,.,."),  # line 2: ADDL 1e308
+        {},
+        "bad-addl",
+        2,
+        rf"line 2: ADDL 1e\+308 is more than {MAX_ADDL} additional doses on one record: correct it",
+    ),
+    (
+        "dose-times-overflow",
+        # line 2: doses at 0, 1e308 and 2e308 h; 2e308 > 1.797e308 overflows to inf
+        lines(DOSE_HEADER, "1,0,1,100,.,.,1e308,2,.,.", "1,100,0,.,.,.,.,.,.,1.5"),
+        {},
+        "dose-time-overflow",
+        2,
+        r"line 2: the doses of this record end at TIME \+ ADDL x II \+ infusion duration = "
+        r"0 \+ 2 x 1e\+308 \+ 0 h, beyond the largest representable time",
+    ),
+    (
+        "infusion-duration-overflow",
+        # line 2: 1e308 mg at 1e-308 mg/h lasts 1e616 h, beyond the float64 range
+        dose_file("1,0,1,1e308,1e-308,.,.,.,.,."),
+        {},
+        "dose-time-overflow",
+        2,
+        r"line 2: AMT 1e\+308 / RATE 1e-308 makes an infusion too long to represent \(over 1\.8e308 h\): "
+        r"correct RATE \(mg/h\) or AMT",
+    ),
+    (
+        "stray-quote",
+        variant(3, '1,1,0,0,0,2,5.2,T"Ab,70'),  # line 3: a quote inside the unquoted DVID (field 8)
+        {},
+        "stray-quote",
+        3,
+        r"line 3: field 8 has a quote character \(\"\) that does not enclose the whole field: remove it, "
+        r"or put the whole field in quotes and double the quotes inside",
+    ),
+    (
+        "text-after-closing-quote",
+        variant(3, '1,1,0,0,0,2,5.2,"TAb"x,70'),  # line 3: 'x' after the closing quote of field 8
+        {},
+        "stray-quote",
+        3,
+        r"line 3: field 8 has a quote character",
+    ),
+    (
+        "quoted-header-unclosed",
+        lines('"ID,TIME,EVID,MDV,AMT,CMT,DV,DVID,WT', *GOOD),  # line 1: the header opens a quote
+        {},
+        "unbalanced-quotes",
+        1,
+        r"line 1: field 1 opens a quote \(\"\) that does not close on this line",
+    ),
+    (
+        "duplicate-column-before-bad-rows",
+        # TIME twice, and line 3 full of bad values: only the header is reported, no row is read
+        lines("ID,TIME,time,AMT,DV", "1,0,0,100,.", "x,inf,abc,-5,NaN"),
+        {},
+        "duplicate-column",
+        None,
+        r"line 1 \(header\): column 3 \('time'\) repeats column 2 \(TIME\)",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("text", "kwargs", "rule", "line", "pattern"),
     [case[1:] for case in CASES],
@@ -578,8 +719,10 @@ def test_malformed_dataset_reports_rule_line_and_fix(tmp_path, text, kwargs, rul
     assert str(info.value).startswith(f"{path}: ")
 
 
-def test_corpus_covers_at_least_twenty_distinct_rules():
-    assert len({case[3] for case in CASES}) >= 20
+def test_corpus_covers_at_least_forty_kinds_and_forty_rules():
+    # issue 8 asks for at least 40 kinds of malformed dataset; each kind is one case id
+    assert len({case[0] for case in CASES}) == len(CASES) >= 40
+    assert len({case[3] for case in CASES}) >= 40
 
 
 def test_empty_file(tmp_path):
@@ -688,6 +831,21 @@ def test_many_rows_breaking_one_rule_are_listed_then_summarised(tmp_path):
     )
 
 
+def test_many_quote_problems_are_listed_then_summarised(tmp_path):
+    n = MAX_LISTED + 3
+    # lines 3..n+2: a stray quote in the DVID field (field 8); line 2 the dose
+    rows = ["1,0,1,1,100,1,.,.,70"] + [f'1,{k},0,0,0,2,5.2,T"Ab,70' for k in range(1, n + 1)]
+    report = validate_dataset(write(tmp_path, lines(HEADER, *rows)))
+    assert [(p.rule, p.row) for p in report.problems[:MAX_LISTED]] == [
+        ("stray-quote", r) for r in range(3, 23)
+    ]
+    # the 3 unlisted lines are 3 + 20 .. 3 + 22 = 23, 24, 25
+    assert report.problems[-1].message == (
+        "3 more lines break the same rule (stray-quote) as the 20 above: lines 23, 24, 25"
+    )
+    assert len(report.problems) == MAX_LISTED + 1
+
+
 def test_validate_dataset_never_raises_for_data_and_summarises(tmp_path):
     report = validate_dataset(write(tmp_path, variant(4, "1,0.5,0,0,0,2,3.1,TAb,70")))
     assert isinstance(report, ValidationReport)
@@ -697,6 +855,210 @@ def test_validate_dataset_never_raises_for_data_and_summarises(tmp_path):
     text = report.summary()
     assert "1 problem\n  - line 4: TIME 0.5 h is earlier" in text
     assert "5 records, 2 subjects" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# regressions: inputs that crashed the reader or were silently misread, found by the property tests
+# (tests/test_data_properties.py) and by probing the reader with their hostile values.  Each now
+# gives exactly these problems; the comment says what happened before.
+
+QUOTE_FIX = 'remove it, or put the whole field in quotes and double the quotes inside, e.g. "5\'10"""'
+ADDL_FIX = (
+    "additional doses on one record: correct it (a typo?), or split the doses over several dose records"
+)
+REGRESSIONS = [
+    (
+        # hypothesis; was pandas IntCastingNaNError (the inf ID cast to int)
+        "duplicate-column-and-inf-id",
+        "TIME,TIME,ID,AMT\n,,inf,",
+        [
+            "line 1 (header): column 2 ('TIME') repeats column 1 (TIME); column names are case-insensitive: "
+            "rename or remove one of them"
+        ],
+    ),
+    (
+        # same root cause without the duplicate column; was IntCastingNaNError.  Line 2 has no AMT and
+        # there is no EVID column, so it is an observation, and there is no DV
+        "inf-id",
+        "TIME,ID,AMT\n1,inf,",
+        [
+            "line 2: ID value 'inf' is NaN or infinite (a number beyond ±1.8e308 also reads as infinite): "
+            "enter a finite number, or . (or an empty field) for a missing value",
+            "line 2: observation (EVID 0, MDV 0) has no DV: enter the measured value, set MDV to 1 to keep "
+            "the record unused, or mark it BLQ=1 with its LLOQ",
+        ],
+    ),
+    (
+        # hypothesis, against the first version of the pre-dose count (IndexError: no valid ID at all)
+        "only-empty-fields",
+        "ID,TIME,AMT,DV,EVID,MDV\n,,,,,",
+        [
+            "line 2: ID is empty: every record needs its subject identifier; fill it in",
+            "line 2: TIME is empty: every record needs its time; fill it in",
+            "line 2: EVID is empty: give it on every record (0 observation, 1 dose, 2 other, 3 reset, 4 reset "
+            "and dose)",
+            "line 2: MDV is empty: give it on every record (0 when DV is used, 1 when not)",
+        ],
+    ),
+    (
+        # was RuntimeWarning 'invalid value encountered in cast' (ADDL 1e308 cast to int64)
+        "huge-addl",
+        "ID,TIME,AMT,II,ADDL,DV\n1,0,100,24,1e308,.\n1,1,0,.,.,5\n",
+        [f"line 2: ADDL 1e+308 is more than {MAX_ADDL} {ADDL_FIX}"],
+    ),
+    (
+        # was accepted: 10^15 + 1 administrations in the report, and a regimen nobody could expand
+        "absurd-addl",
+        "ID,TIME,AMT,II,ADDL,DV\n1,0,100,24,1e15,.\n1,1,0,.,.,5\n",
+        [f"line 2: ADDL 1e+15 is more than {MAX_ADDL} {ADDL_FIX}"],
+    ),
+    (
+        # was RuntimeWarning 'invalid value encountered in cast' (SS 1e308 cast to int64)
+        "huge-ss",
+        "ID,TIME,AMT,II,SS,DV\n1,0,100,24,1e308,.\n1,1,0,.,.,5\n",
+        ["line 2: SS 1e+308 must be 0 (none), 1 (reset to steady state) or 2 (add steady state)"],
+    ),
+    (
+        # was RuntimeWarning 'overflow encountered in divide' (AMT / RATE = 1e616 h)
+        "infusion-overflow",
+        "ID,TIME,AMT,RATE,DV\n1,0,1e308,1e-308,.\n1,1,0,.,5\n",
+        [
+            "line 2: AMT 1e+308 / RATE 1e-308 makes an infusion too long to represent (over 1.8e308 h): "
+            "correct RATE (mg/h) or AMT"
+        ],
+    ),
+    (
+        # was accepted: the second dose at 1e308 + 1e308 = inf h
+        "dose-time-overflow",
+        "ID,TIME,AMT,II,ADDL,DV\n1,1e308,100,1e308,1,.\n1,1e308,0,.,.,5\n",
+        [
+            "line 2: the doses of this record end at TIME + ADDL x II + infusion duration = 1e+308 + 1 x "
+            "1e+308 + 0 h, beyond the largest representable time (1.8e308 h): correct TIME, II, ADDL or the "
+            "infusion"
+        ],
+    ),
+    (
+        # was ParserWarning and a silently truncated row: the field count assumed the quotes enclose
+        # 'b,c' (4 fields) while pandas read them as literal characters (5 fields)
+        "quotes-inside-fields",
+        'ID,TIME,DV,SITE\n1,0,5,a"b,c"d\n1,1,3,y\n',
+        [f'line 2: field 4 has a quote character (") that does not enclose the whole field: {QUOTE_FIX}'],
+    ),
+    (
+        # was accepted as ONE subject with ID -9223372036854775808: both 20-digit IDs read as the float
+        # 1e20, which was then cast to int64
+        "ids-beyond-2-53",
+        "ID,TIME,AMT,DV\n99999999999999999999,0,100,.\n99999999999999999998,1,0,5\n",
+        [
+            f"line {line}: ID {value} is too large to be kept exactly (numeric IDs must be below 2^53 = "
+            "9007199254740992 in magnitude, or different IDs may merge): renumber the subjects, or use text "
+            "IDs such as S001"
+            for line, value in ((2, "99999999999999999999"), (3, "99999999999999999998"))
+        ],
+    ),
+    (
+        # was accepted with compartment '-9223372036854775808' (1e308 cast to int64)
+        "huge-cmt",
+        "ID,TIME,AMT,CMT,DV\n1,0,100,1e308,.\n1,1,0,.,5\n",
+        [
+            "line 2: CMT 1e+308 is not a compartment number: use a whole number >= 1 (below 2^53) or a "
+            "compartment name"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "messages"), [r[1:] for r in REGRESSIONS], ids=[r[0] for r in REGRESSIONS])
+def test_regressions_found_by_property_tests(tmp_path, text, messages):
+    path = write(tmp_path, text)
+    assert validate_dataset(path).messages() == messages
+    with pytest.raises(DatasetError) as info:
+        read_dataset(path)
+    assert info.value.problems == messages
+
+
+def test_regressions_dataframe_cells_that_are_not_single_real_numbers():
+    # a complex DV was cast to float with its imaginary part dropped (numpy ComplexWarning); a list in
+    # a cell crashed the reader (TypeError: unhashable type: 'list')
+    base = {"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [10.0, 0.0]}
+    complex_dv = pd.DataFrame({**base, "DV": np.array([np.nan, 5 + 1j])})
+    assert validate_dataset(complex_dv).messages() == [
+        "row 2: DV value '(5+1j)' is not a number: enter a number, or . for a missing value"
+    ]
+    list_wt = pd.DataFrame({**base, "DV": [np.nan, 5.0], "WT": pd.Series([[70], 70.0], dtype=object)})
+    with pytest.raises(DatasetError) as info:
+        read_dataset(list_wt)
+    assert info.value.problems == [
+        "row 1: WT holds a list [70], not a single value: give one number or text per cell"
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# hostile but valid: documented handling
+
+
+def test_predose_observations_are_allowed_used_and_counted(tmp_path):
+    text = lines(
+        "ID,TIME,EVID,AMT,DV",
+        "1,0,0,.,0.2",  # line 2: sampled at 0 h before the dose record of 0 h: pre-dose
+        "1,0,1,100,.",  # line 3: first dose of ID 1
+        "1,1,0,.,5.0",  # line 4: after the dose
+        "2,0,0,.,0.1",  # line 5: ID 2 has no dose: both its samples come before any dose
+        "2,2,0,.,0.3",  # line 6
+        "3,1,0,.,0.4",  # line 7: ID 3 sampled at 1 h, dosed at 2 h: pre-dose
+        "3,2,1,100,.",  # line 8
+    )
+    data = read_dataset(write(tmp_path, text))
+    # hand count: used observations on lines 2, 4, 5, 6, 7; pre-dose ones on lines 2, 5, 6, 7
+    assert (data.report.n_observations, data.report.n_predose) == (5, 4)
+    assert data.observations()["ROW"].tolist() == [2, 4, 5, 6, 7]  # kept and used
+    assert data.report.n_excluded == 0
+    assert "5 observations (DV: 5), 0 BLQ, 4 pre-dose observations" in data.report.summary()
+    # without pre-dose samples the summary does not mention them
+    assert "pre-dose" not in read_dataset(write(tmp_path, lines(HEADER, *GOOD), "b.csv")).report.summary()
+
+
+def test_huge_finite_values_are_read_exactly(tmp_path):
+    big = 1.7976931348623157e308  # the largest float64 (sys.float_info.max)
+    text = lines(
+        "ID,TIME,AMT,II,ADDL,DV,WT",
+        f"9007199254740991,0,{big!r},24,{MAX_ADDL},.,-1e308",  # ID 2^53 - 1, the largest exact one
+        "9007199254740991,1,0,.,.,1e308,-1e308",
+    )
+    data = read_dataset(write(tmp_path, text))
+    assert data.ids == (2**53 - 1,)
+    (dose,) = data.subject(2**53 - 1).regimen.events
+    assert (dose.amount, dose.addl) == (big, MAX_ADDL)
+    assert data.report.n_administrations == MAX_ADDL + 1
+    assert data.observations()["DV"].tolist() == [float("1e308")]
+    assert data.baseline_covariates()["WT"].tolist() == [-1e308]
+
+
+def test_million_row_file(tmp_path):
+    # 10 000 subjects x the same 100-line block (ID and WT filled in): written as text, which is much
+    # faster than DataFrame.to_csv, so the test times the reader, not the writer
+    rng = np.random.default_rng(20240101)
+    block = []
+    for k in range(100):  # doses at k = 0, 20, 40, 60, 80; observations at the other 95
+        dose = k % 20 == 0
+        dv = "." if dose else f"{rng.lognormal():.4g}"
+        block.append(f"{{0}},{2 * k},{int(dose)},{100 if dose else 0},{dv},{'TAb' if k % 2 else 'ADC'},{{1}}")
+    template = "\n".join(block) + "\n"
+    path = tmp_path / "million.csv"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("ID,TIME,EVID,AMT,DV,DVID,WT\n")
+        handle.writelines(template.format(i, f"{w:.1f}") for i, w in enumerate(rng.normal(70, 10, 10_000), 1))
+    data = read_dataset(path, outputs=["TAb", "ADC"], covariates=["WT"])
+    assert data.report.n_records == 1_000_000
+    assert (data.report.n_subjects, data.report.n_doses, data.report.n_observations) == (
+        10_000,
+        50_000,
+        950_000,
+    )
+    # the last record (row 999 999, 0-based) is on line 1 000 001 (line 1 is the header)
+    assert data.records["ROW"].iloc[-1] == 1_000_001
+    # per subject: odd k (50 of them) are TAb observations; even k are ADC, less the 5 doses: 45
+    assert data.report.observations_by_output == {"ADC": 10_000 * 45, "TAb": 10_000 * 50}
 
 
 # --------------------------------------------------------------------------------------------------
