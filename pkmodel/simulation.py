@@ -8,6 +8,11 @@
   ``∫₀^Δt e^{Ks} ds`` (so infusions and constant inputs are exact too); boluses are jumps in the
   state; doses superpose; steady state (SS=1/2) is the exact fixed point of the one-interval map.
   All subjects are advanced together with batched matrix exponentials.
+- ``"hybrid"`` (nonlinear models whose linear part is closed, e.g. linear PK driving nonlinear PD):
+  the linear subsystem is solved exactly (eigendecomposition per subject) and only the remaining
+  states are integrated, by an adaptive explicit Runge–Kutta method (DOP853) with the linear
+  solution as an exact input; see :mod:`pkmodel._hybrid`.  Groups with SS doses, ill-conditioned
+  eigenvectors or a stiff nonlinear part are handed to the ODE engine.
 - ``"ode"`` (any model): a stiff solver (BDF by default) with the analytic Jacobian, restarted at
   every dose and infusion boundary so that no event is stepped over.  Subjects are stacked into one
   system with a block-diagonal sparse Jacobian.
@@ -35,6 +40,7 @@ import scipy.linalg
 import scipy.sparse
 from scipy.integrate import solve_ivp
 
+from ._hybrid import linear_subsystem, run_hybrid
 from .dosing import Infusion, Regimen
 from .errors import PkmodelError, SimulationError
 from .model import Model
@@ -65,7 +71,7 @@ class SimulationResult:
         Unit of every output and state.
     state_names : tuple of str
     engine : str
-        ``"exact"`` or ``"ode"``.
+        ``"exact"``, ``"hybrid"`` or ``"ode"``.
     """
 
     times: np.ndarray
@@ -620,8 +626,10 @@ def simulate(
     inputs : dict, optional
         External inputs: name -> callable ``f(t)`` (scalar or (n_subjects,)) or ``(times, values)``
         for linear interpolation.
-    engine : {"auto", "exact", "ode"}
-        ``"auto"`` uses the exact engine for linear models without time-varying inputs.
+    engine : {"auto", "exact", "hybrid", "ode"}
+        ``"auto"`` uses the exact engine for linear models without time-varying inputs, the hybrid
+        engine for nonlinear models with a closed linear subsystem (e.g. linear PK driving a nonlinear
+        PD model; see :mod:`pkmodel._hybrid`), and the ODE engine otherwise.
     method : str
         solve_ivp method of the ODE engine: ``"BDF"`` (default, fastest on the stiff PK/PD models),
         ``"Radau"`` (implicit Runge–Kutta; use it for very tight tolerances, rtol < 1e-10) or ``"LSODA"``.
@@ -655,14 +663,30 @@ def simulate(
         raise SimulationError("times must be a non-empty 1-D sequence of hours")
     if not np.all(np.isfinite(t)) or t[0] < 0 or np.any(np.diff(t) <= 0):
         raise SimulationError("times must be finite, >= 0 and strictly increasing (h)")
-    if engine not in ("auto", "exact", "ode"):
-        raise SimulationError(f"engine must be 'auto', 'exact' or 'ode', not {engine!r}")
+    if engine not in ("auto", "exact", "ode", "hybrid"):
+        raise SimulationError(f"engine must be 'auto', 'exact', 'hybrid' or 'ode', not {engine!r}")
     p, ids, wt = _subject_arguments(model, parameters, weight)
     ns = len(ids)
     input_fn = _inputs_function(model, inputs, ns)
     varying_inputs = input_fn is not None
     if engine == "auto":
-        engine = "exact" if model.is_linear and not varying_inputs else "ode"
+        if model.is_linear:
+            engine = "exact" if not varying_inputs else "ode"
+        else:
+            engine = "hybrid" if linear_subsystem(model).usable and not varying_inputs else "ode"
+    if engine == "hybrid":
+        split = linear_subsystem(model)
+        if not split.usable:
+            what = (
+                "no nonlinear states (use engine='exact')" if not split.nonlinear else "no linear subsystem"
+            )
+            why = "; ".join(f"{k}: {v}" for k, v in split.reasons.items())
+            raise SimulationError(
+                f"the hybrid engine needs a closed linear subsystem and a nonlinear rest; model {model.name} has "
+                f"{what}{f' ({why})' if why else ''}. Use engine='ode'."
+            )
+        if varying_inputs:
+            raise SimulationError("the hybrid engine cannot take time-varying inputs; use engine='ode'")
     if engine == "exact" and not model.is_linear:
         raise SimulationError(
             f"the exact engine needs a linear model; {model.name} is nonlinear: "
@@ -716,6 +740,17 @@ def simulate(
         sub_p = p[:, members]
         if engine == "exact":
             states[:, members] = _run_exact(model, plan, sub_p, t)
+        elif engine == "hybrid" and not plan.steady:
+
+            def ode(idx, plan=plan, sub_p=sub_p):
+                return _run_ode(model, _subset_plan(plan, idx), sub_p[:, idx], t, None, method, rtol, atol)
+
+            if len(members) == ns:  # one group: write in place (the state array can be large)
+                run_hybrid(model, plan.boluses, plan.infusions, sub_p, t, rtol, atol, ode, out=states)
+            else:
+                states[:, members] = run_hybrid(
+                    model, plan.boluses, plan.infusions, sub_p, t, rtol, atol, ode
+                )
         else:
             sub_inputs = None
             if input_fn is not None:
@@ -768,6 +803,15 @@ def _broadcast_plan(plan: _Plan, ns: int) -> _Plan:
         [(t, i, b(a)) for t, i, a in plan.boluses],
         [(s, e, i, b(r)) for s, e, i, r in plan.infusions],
         [(t, i, b(a), d, tau, f) for t, i, a, d, tau, f in plan.steady],
+    )
+
+
+def _subset_plan(plan: _Plan, idx: np.ndarray) -> _Plan:
+    """The plan of some members of a group only."""
+    return _Plan(
+        [(t, i, a[idx]) for t, i, a in plan.boluses],
+        [(s, e, i, r[idx]) for s, e, i, r in plan.infusions],
+        [(t, i, a[idx], d, tau, f) for t, i, a, d, tau, f in plan.steady],
     )
 
 
