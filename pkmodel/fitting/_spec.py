@@ -218,10 +218,10 @@ class _Reader:
         where = f"{self.path}: key '{key}'" if key else str(self.path)
         return SpecError(f"{where}: {message}")
 
-    def table(self, value: Any, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    def table(self, value: Any, key: str, allowed: set[str] | None, required: set[str] = frozenset()) -> dict:
         if not isinstance(value, dict):
             raise self.fail(key, f"must be a table, got {type(value).__name__} {value!r}; write [{key}]")
-        unknown = sorted(set(value) - allowed)
+        unknown = sorted(set(value) - allowed) if allowed is not None else []
         if unknown:
             raise self.fail(
                 f"{key}.{unknown[0]}" if key else unknown[0],
@@ -335,7 +335,7 @@ def _read_parameter(
     if not isinstance(raw_covs, dict):
         raise reader.fail(
             f"{key}.covariates",
-            "must be a table of covariate name → effect, e.g. { WT = { kind = \"power\", ref = 70, "
+            'must be a table of covariate name → effect, e.g. { WT = { kind = "power", ref = 70, '
             "theta = 0.75 } }",
         )
     for cov, effect in raw_covs.items():
@@ -393,8 +393,8 @@ def _read_parameter(
     if eta is not None and method == "individual":
         raise reader.fail(
             f"{key}.eta",
-            "random effects have no meaning in individual fits (method = \"individual\"); remove eta, or "
-            "use method = \"foce-i\"",
+            'random effects have no meaning in individual fits (method = "individual"); remove eta, or '
+            'use method = "foce-i"',
         )
     return ParameterSpec(name, theta, lower, upper, fixed, eta, tuple(covariates)), table
 
@@ -418,9 +418,9 @@ def load_fit_spec(path: str | Path) -> FitSpec:
 
     Examples
     --------
-    >>> from pathlib import Path
     >>> import pkmodel.fitting as fitting
-    >>> spec = fitting.load_fit_spec(Path(fitting.__file__).parents[2] / "fits" / "theoph_foce.toml")
+    >>> from pkmodel.model import fits_dir
+    >>> spec = fitting.load_fit_spec(fits_dir() / "theoph_foce.toml")
     >>> spec.method, [p.name for p in spec.parameters], spec.eta_owners
     ('foce-i', ['KA', 'CL', 'V'], ('KA', 'CL'))
     """
@@ -447,8 +447,9 @@ def load_fit_spec(path: str | Path) -> FitSpec:
     data_path = (path.parent / reader.text(fit["data"], "fit.data")).resolve()
     if not data_path.exists():
         raise reader.fail(
-            "fit.data", f"dataset {fit['data']!r} does not exist (looked for {data_path}); the path is relative "
-            "to the spec file"
+            "fit.data",
+            f"dataset {fit['data']!r} does not exist (looked for {data_path}); the path is relative "
+            "to the spec file",
         )
 
     opt = reader.table(raw.get("options", {}), "options", _OPTIONS)
@@ -466,7 +467,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
         raise reader.fail(
             "options.engine",
             f"the exact engine needs a linear model; {model.name} is nonlinear "
-            f"({'; '.join(model.linearity.reasons)}); use engine = \"auto\" or \"ode\"",
+            f'({"; ".join(model.linearity.reasons)}); use engine = "auto" or "ode"',
         )
 
     data = reader.table(raw.get("data", {}), "data", _DATA)
@@ -489,7 +490,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
     if "dvid" in data:
         if not isinstance(data["dvid"], dict) or not data["dvid"]:
             raise reader.fail(
-                "data.dvid", "must be a table of DVID value → model output, e.g. { 1 = \"TAb\", 2 = \"ADC\" }"
+                "data.dvid", 'must be a table of DVID value → model output, e.g. { 1 = "TAb", 2 = "ADC" }'
             )
         dvid = {}
         for value, output in data["dvid"].items():
@@ -504,7 +505,9 @@ def load_fit_spec(path: str | Path) -> FitSpec:
     covariate_values = {}
     raw_values = data.get("covariate_values", {})
     if not isinstance(raw_values, dict):
-        raise reader.fail("data.covariate_values", "must be a table of model covariate → value, e.g. { ALB = 38 }")
+        raise reader.fail(
+            "data.covariate_values", "must be a table of model covariate → value, e.g. { ALB = 38 }"
+        )
     for cov, value in raw_values.items():
         if cov not in model.covariates:
             raise reader.fail(
@@ -514,10 +517,12 @@ def load_fit_spec(path: str | Path) -> FitSpec:
             )
         covariate_values[cov] = reader.number(value, f"data.covariate_values.{cov}")
 
-    params_raw = reader.table(raw["parameters"], "parameters", set(raw["parameters"]))
+    params_raw = reader.table(raw["parameters"], "parameters", None)
     if not params_raw:
         raise reader.fail("parameters", "lists no parameter; add at least one [parameters.NAME] table")
-    parameters = [_read_parameter(reader, name, table, model, method)[0] for name, table in params_raw.items()]
+    parameters = [
+        _read_parameter(reader, name, table, model, method)[0] for name, table in params_raw.items()
+    ]
     by_name = {p.name: p for p in parameters}
     for p in parameters:
         if p.eta is not None and p.eta != p.name:
@@ -545,7 +550,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
         raise reader.fail(
             "parameters",
             f"method {method!r} is a population method but no parameter has a random effect; give at least "
-            "one parameter eta = true, or use method = \"individual\"",
+            'one parameter eta = true, or use method = "individual"',
         )
 
     omega = reader.table(raw.get("omega", {}), "omega", _OMEGA)
@@ -553,7 +558,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
     in_block: dict[str, int] = {}
     raw_blocks = omega.get("blocks", [])
     if not isinstance(raw_blocks, list):
-        raise reader.fail("omega.blocks", "must be a list of lists of parameter names, e.g. [[\"KA\", \"CL\"]]")
+        raise reader.fail("omega.blocks", 'must be a list of lists of parameter names, e.g. [["KA", "CL"]]')
     for b, block in enumerate(raw_blocks):
         bkey = f"omega.blocks[{b}]"
         if not isinstance(block, list) or len(block) < 2 or not all(isinstance(x, str) for x in block):
@@ -566,12 +571,14 @@ def load_fit_spec(path: str | Path) -> FitSpec:
                     f"{', '.join(owners) or 'none'}); list only those",
                 )
             if name in in_block:
-                raise reader.fail(bkey, f"{name!r} is already in omega.blocks[{in_block[name]}]; list it once")
+                raise reader.fail(
+                    bkey, f"{name!r} is already in omega.blocks[{in_block[name]}]; list it once"
+                )
             in_block[name] = b
         blocks.append(tuple(block))
     init_raw = omega.get("init", {})
     if not isinstance(init_raw, dict):
-        raise reader.fail("omega.init", "must be a table: KA = 0.3 (variance), \"KA,CL\" = 0.01 (covariance)")
+        raise reader.fail("omega.init", 'must be a table: KA = 0.3 (variance), "KA,CL" = 0.01 (covariance)')
     omega_init: dict[tuple[str, ...], float] = {}
     for k, value in init_raw.items():
         names = tuple(s.strip() for s in k.split(","))
@@ -579,29 +586,32 @@ def load_fit_spec(path: str | Path) -> FitSpec:
         if len(names) == 1:
             if names[0] not in owners:
                 raise reader.fail(
-                    ikey, f"{names[0]!r} has no random effect of its own; parameters with eta = true: "
-                    f"{', '.join(owners) or 'none'}"
+                    ikey,
+                    f"{names[0]!r} has no random effect of its own; parameters with eta = true: "
+                    f"{', '.join(owners) or 'none'}",
                 )
             omega_init[names] = reader.number(value, ikey, positive=True)
         elif len(names) == 2:
             a, b2 = names
             if a not in in_block or b2 not in in_block or in_block[a] != in_block[b2] or a == b2:
                 raise reader.fail(
-                    ikey, f"a covariance needs two different parameters of the same omega block; {a!r} and "
-                    f"{b2!r} are not (declare [omega] blocks = [[\"{a}\", \"{b2}\"]])"
+                    ikey,
+                    f"a covariance needs two different parameters of the same omega block; {a!r} and "
+                    f'{b2!r} are not (declare [omega] blocks = [["{a}", "{b2}"]])',
                 )
             omega_init[(a, b2)] = reader.number(value, ikey)
         else:
-            raise reader.fail(ikey, "use a parameter name (variance) or \"A,B\" (covariance)")
+            raise reader.fail(ikey, 'use a parameter name (variance) or "A,B" (covariance)')
 
-    residual_raw = reader.table(raw["residual"], "residual", set(raw["residual"]))
+    residual_raw = reader.table(raw["residual"], "residual", None)
     residual = []
     for output, table in residual_raw.items():
         rkey = f"residual.{output}"
         if output not in model.outputs:
             raise reader.fail(
-                rkey, f"{output!r} is not an output of model {model.name}; its outputs are "
-                f"{', '.join(model.outputs)}"
+                rkey,
+                f"{output!r} is not an output of model {model.name}; its outputs are "
+                f"{', '.join(model.outputs)}",
             )
         table = reader.table(table, rkey, _RESIDUAL, {"model"})
         kind = reader.choice(table["model"], f"{rkey}.model", RESIDUAL_MODELS)
@@ -628,7 +638,8 @@ def load_fit_spec(path: str | Path) -> FitSpec:
             fixed_set = set(fixed_raw)
         else:
             raise reader.fail(
-                f"{rkey}.fixed", f"must be true, false or a list of components of this model ({', '.join(needs)})"
+                f"{rkey}.fixed",
+                f"must be true, false or a list of components of this model ({', '.join(needs)})",
             )
         residual.append(
             ResidualSpec(
@@ -641,7 +652,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
             )
         )
     if not residual:
-        raise reader.fail("residual", "gives no residual error model; add [residual.OUTPUT] model = \"...\"")
+        raise reader.fail("residual", 'gives no residual error model; add [residual.OUTPUT] model = "..."')
 
     blq = reader.table(raw.get("blq", {}), "blq", _BLQ)
     blq_method = reader.choice(blq.get("method", "M3"), "blq.method", BLQ_METHODS)

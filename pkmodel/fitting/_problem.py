@@ -1,0 +1,553 @@
+"""From a :class:`FitSpec` and its dataset to an estimation problem with model-based predictions.
+
+Every subject's observations become an estimation :class:`~pkmodel.estimation.Subject` whose ``data``
+holds everything the prediction needs that does not change during the fit (a :class:`_SubjectData`):
+the regimen, the sorted distinct observation times, where each observation sits in the simulated
+output arrays, the model covariates and the body weight.  A prediction for ``k`` parameter sets is one
+call of :func:`pkmodel.simulate` with ``k`` simulated subjects (the exact engine then batches the
+matrix exponentials of all ``k`` sets).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pkmodel.data import Dataset, validate_dataset
+from pkmodel.dosing import Regimen
+from pkmodel.errors import DatasetError, EstimationError, SimulationError, SpecError
+from pkmodel.estimation import (
+    CovariateEffect,
+    IndividualParameter,
+    OmegaBlock,
+    PopulationProblem,
+    ResidualError,
+    Subject,
+    Theta,
+)
+from pkmodel.fitting._spec import DEFAULT_OMEGA, FitSpec
+from pkmodel.simulation import simulate
+
+__all__ = ["FitProblem", "build_problem", "typical_values"]
+
+
+@dataclass(frozen=True, eq=False)
+class _SubjectData:
+    """What the prediction of one subject needs, computed once (private)."""
+
+    regimen: Regimen
+    times: np.ndarray  # (n_times,) distinct sorted observation times, h
+    gather: tuple[tuple[str, np.ndarray, np.ndarray], ...]  # (output, observation columns, time rows)
+    constants: dict[str, float]  # model covariates and fixed parameter values
+    weight: float | None
+    n_obs: int
+    dvid: np.ndarray  # (n_obs,) DVID as in the dataset
+    rows: np.ndarray  # (n_obs,) dataset line numbers
+
+
+@dataclass(frozen=True, eq=False)
+class FitProblem:
+    """A fit specification bound to its dataset: subjects, prediction function and problem.
+
+    Attributes
+    ----------
+    spec : FitSpec
+    dataset : Dataset
+    subjects : tuple of Subject
+        Estimation subjects (those with at least one observation used).
+    problem : PopulationProblem or None
+        The population problem (None for ``method = "individual"``).
+    thetas : tuple of Theta
+        Typical values and covariate effects, in problem order.
+    parameters : tuple of IndividualParameter
+    residual : tuple of ResidualError
+    outputs : tuple of str
+        Model outputs in residual (output index) order.
+    notes : tuple of str
+        What was left out of the fit and why (subjects without observations, BLQ records dropped).
+    n_simulate_calls : list of int
+        A one-element counter of :func:`pkmodel.simulate` calls (for benchmarks).
+    """
+
+    spec: FitSpec
+    dataset: Dataset
+    subjects: tuple[Subject, ...]
+    problem: PopulationProblem | None
+    thetas: tuple[Theta, ...]
+    parameters: tuple[IndividualParameter, ...]
+    residual: tuple[ResidualError, ...]
+    outputs: tuple[str, ...]
+    notes: tuple[str, ...]
+    _listed: tuple[str, ...] = field(repr=False)
+    _lower: np.ndarray = field(repr=False)
+    _upper: np.ndarray = field(repr=False)
+    n_simulate_calls: list = field(default_factory=lambda: [0], repr=False)
+
+    def predict_batch(self, subject: Subject, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Predictions of ``k`` parameter sets for one subject, shape (k, n_obs).
+
+        Parameters
+        ----------
+        subject : Subject
+            An estimation subject of this problem.
+        params : mapping of str to ndarray, shape (k,)
+            Individual values of the listed model parameters.
+
+        Returns
+        -------
+        ndarray, shape (k, n_obs)
+            Each observation's prediction in its output's unit; NaN for a parameter set outside the
+            model's bounds or where the simulation fails (the estimation engine then backs off).
+        """
+        data: _SubjectData = subject.data
+        values = [np.atleast_1d(np.asarray(params[name], dtype=float)) for name in self._listed]
+        k = max((v.shape[0] for v in values), default=1)
+        stacked = np.empty((len(values), k))
+        for i, v in enumerate(values):
+            stacked[i] = v
+        ok = np.all(np.isfinite(stacked) & (stacked >= self._lower) & (stacked <= self._upper), axis=0)
+        out = np.full((k, data.n_obs), np.nan)
+        if not ok.any():
+            return out
+        use = ok if not ok.all() else slice(None)
+        arguments = dict(data.constants)
+        for name, row in zip(self._listed, stacked, strict=True):
+            arguments[name] = row[use]
+        self.n_simulate_calls[0] += 1
+        try:
+            result = simulate(
+                self.spec.model,
+                data.regimen,
+                data.times,
+                parameters=arguments,
+                weight=data.weight,
+                engine=self.spec.options.engine,
+            )
+        except SimulationError:
+            return out
+        block = np.empty((int(np.count_nonzero(ok)), data.n_obs))
+        for output, columns, time_rows in data.gather:
+            block[:, columns] = result.outputs[output][time_rows, :].T
+        out[use] = block
+        return out
+
+    def predict(self, subject: Subject, params: Mapping[str, float]) -> np.ndarray:
+        """Predictions of one parameter set, shape (n_obs,) (see :meth:`predict_batch`)."""
+        return self.predict_batch(subject, {k: np.array([float(v)]) for k, v in params.items()})[0]
+
+    def simulate_subject(
+        self, subject: Subject, params: Mapping[str, np.ndarray], times: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Outputs of ``k`` parameter sets on a time grid (for plots): output → (n_times, k)."""
+        data: _SubjectData = subject.data
+        arguments = dict(data.constants)
+        for name in self._listed:
+            arguments[name] = np.atleast_1d(np.asarray(params[name], dtype=float))
+        result = simulate(
+            self.spec.model,
+            data.regimen,
+            times,
+            parameters=arguments,
+            weight=data.weight,
+            engine=self.spec.options.engine,
+        )
+        return {name: result.outputs[name] for name in self.outputs}
+
+
+def _read_data(spec: FitSpec) -> Dataset:
+    checked = validate_dataset(spec.data_path, compartments=spec.compartments, dose_unit=spec.dose_unit)
+    checked.raise_if_problems()
+    assert checked.dataset is not None
+    return checked.dataset
+
+
+def _spec_error(spec: FitSpec, key: str, message: str) -> SpecError:
+    return SpecError(f"{spec.path}: key '{key}': {message}")
+
+
+def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
+    """DVID value → model output, checked against the DVIDs present in the data."""
+    model = spec.model
+    present = list(dataset.outputs)
+    obs = dataset.observations()
+    if spec.dvid is not None:
+        unmapped = [d for d in present if d not in spec.dvid]
+        if unmapped:
+            rows = obs.loc[obs["DVID"] == unmapped[0], "ROW"].head(5).tolist()
+            raise _spec_error(
+                spec,
+                "data.dvid",
+                f"the dataset's DVID {unmapped[0]!r} (lines {', '.join(map(str, rows))}, ...) is not mapped "
+                f'to a model output; add {unmapped[0]} = "<output>" to [data] dvid (outputs of '
+                f"{model.name}: {', '.join(model.outputs)})",
+            )
+        return {d: spec.dvid[d] for d in present}
+    mapping = {}
+    for d in present:
+        if d in model.outputs:
+            mapping[d] = d
+        elif d == "DV" and len(model.outputs) == 1:
+            mapping[d] = next(iter(model.outputs))
+        else:
+            rows = obs.loc[obs["DVID"] == d, "ROW"].head(5).tolist()
+            raise _spec_error(
+                spec,
+                "data.dvid",
+                f"the dataset's DVID {d!r} (lines {', '.join(map(str, rows))}, ...) is not an output of model "
+                f"{model.name} ({', '.join(model.outputs)}) and [data] dvid does not map it; add "
+                f'[data] dvid = {{ {d} = "<output>" }}',
+            )
+    return mapping
+
+
+def _covariate_value(
+    spec: FitSpec, dataset: Dataset, records: pd.DataFrame, name: str, key: str, sid
+) -> float:
+    values = records[name].dropna()
+    if values.nunique() > 1:
+        lines = records.loc[records[name].ne(values.iloc[0]) & records[name].notna(), "ROW"].head(3).tolist()
+        raise _spec_error(
+            spec,
+            key,
+            f"covariate {name} changes within ID {sid} (lines {', '.join(map(str, lines))}); fits use one "
+            f"value per subject: put the baseline value in its own column (e.g. {name}BL) and use that",
+        )
+    value = values.iloc[0]
+    if isinstance(value, str):
+        raise _spec_error(
+            spec, key, f"covariate {name} is text ({value!r} for ID {sid}); it must be a number"
+        )
+    return float(value)
+
+
+def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
+    """Read the dataset of a spec and build the estimation problem.
+
+    Parameters
+    ----------
+    spec : FitSpec
+    dataset : Dataset, optional
+        Already read (default: read ``spec.data_path``).
+
+    Returns
+    -------
+    FitProblem
+
+    Raises
+    ------
+    SpecError
+        Unmapped DVIDs, outputs without a residual model or without observations, covariates missing
+        from the dataset or changing over time, log-additive outputs with DV <= 0, BLQ data with FO.
+    DatasetError
+        When the dataset breaks a rule of :func:`pkmodel.data.read_dataset`.
+
+    Examples
+    --------
+    >>> import pkmodel.fitting as fitting
+    >>> from pkmodel.model import fits_dir
+    >>> spec = fitting.load_fit_spec(fits_dir() / "theoph_foce.toml")
+    >>> fp = fitting.build_problem(spec)
+    >>> len(fp.subjects), sum(s.n_obs for s in fp.subjects), fp.outputs
+    (12, 132, ('CP',))
+    """
+    model = spec.model
+    if dataset is None:
+        dataset = _read_data(spec)
+    notes: list[str] = []
+    dvid_map = _output_of_dvid(spec, dataset)
+    outputs = tuple(r.output for r in spec.residual)
+    observed = sorted(set(dvid_map.values()))
+    for o in observed:
+        if o not in outputs:
+            raise _spec_error(
+                spec,
+                "residual",
+                f"the dataset has observations of output {o!r} but there is no [residual.{o}] table; add one "
+                '(model = "additive" | "proportional" | "combined" | "log-additive")',
+            )
+    for o in outputs:
+        if o not in observed:
+            raise _spec_error(
+                spec,
+                f"residual.{o}",
+                f"the dataset has no observation of output {o!r}; remove [residual.{o}] or check [data] dvid",
+            )
+
+    # covariates: model covariates (passed to the simulation) and covariate effects (typical values)
+    needed_model_cov = [c for c in model.covariates if c not in spec.covariate_values]
+    for c in needed_model_cov:
+        if c not in dataset.covariate_names:
+            raise _spec_error(
+                spec,
+                "data.covariate_values",
+                f"model {model.name} needs covariate {c} but the dataset has no {c} column (its covariates: "
+                f"{', '.join(dataset.covariate_names) or 'none'}); add the column, or give one value for "
+                f"everyone: [data] covariate_values = {{ {c} = ... }}",
+            )
+    for p in spec.parameters:
+        for c in p.covariates:
+            if c.covariate not in dataset.covariate_names:
+                raise _spec_error(
+                    spec,
+                    f"parameters.{p.name}.covariates.{c.covariate}",
+                    f"the dataset has no covariate column {c.covariate} (its covariates: "
+                    f"{', '.join(dataset.covariate_names) or 'none'}); add the column or remove the effect",
+                )
+    weight_from_data = (
+        spec.dose_unit == "mg/kg" and "WT" not in model.covariates and "WT" in dataset.covariate_names
+    )
+    if spec.dose_unit == "mg/kg" and "WT" not in model.covariates and not weight_from_data:
+        raise _spec_error(
+            spec, "data.dose_unit", "doses in mg/kg need the body weight: add a WT column (kg) to the dataset"
+        )
+
+    # missing covariate values on the records of a subject
+    required = {*needed_model_cov, *(c.covariate for p in spec.parameters for c in p.covariates)}
+    if weight_from_data:
+        required.add("WT")
+    for name in sorted(required):
+        missing = dataset.records[name].isna()
+        if missing.any():
+            lines = dataset.records.loc[missing, "ROW"].head(5).tolist()
+            raise DatasetError(
+                f"covariate {name} is missing on line(s) {', '.join(map(str, lines))}: the fit needs it on "
+                "every record; fill it in",
+                dataset.file,
+            )
+
+    listed = tuple(p.name for p in spec.parameters)  # unlisted model parameters keep the model's value
+    output_index = {o: i for i, o in enumerate(outputs)}
+    log_outputs = {r.output for r in spec.residual if r.model == "log-additive"}
+    subjects = []
+    no_obs = []
+    dropped_blq = dict.fromkeys(outputs, 0)
+    for sid in dataset.ids:
+        ds = dataset.subject(sid)
+        obs = ds.observations
+        records = ds.records
+        if spec.blq_method == "drop" and len(obs):
+            for o, n in obs.loc[obs["BLQ"], "DVID"].map(dvid_map).value_counts().items():
+                dropped_blq[o] += int(n)
+            obs = obs.loc[~obs["BLQ"].to_numpy()].reset_index(drop=True)
+        if len(obs) == 0:
+            no_obs.append(sid)
+            continue
+        out_names = obs["DVID"].map(dvid_map).to_numpy()
+        dv = obs["DV"].to_numpy(dtype=float)
+        blq = obs["BLQ"].to_numpy(dtype=bool)
+        bad = np.flatnonzero(np.isin(out_names, list(log_outputs)) & ~blq & ~(dv > 0))
+        if bad.size:
+            raise _spec_error(
+                spec,
+                f"residual.{out_names[bad[0]]}.model",
+                f"the log-additive error model needs DV > 0, but ID {sid} has DV {dv[bad[0]]:g} on line "
+                f"{int(obs['ROW'].iloc[bad[0]])}; flag it BLQ with its LLOQ, or use another error model",
+            )
+        times = obs["TIME"].to_numpy(dtype=float)
+        unique, inverse = np.unique(times, return_inverse=True)
+        gather = []
+        for o in outputs:
+            cols = np.flatnonzero(out_names == o)
+            if cols.size:
+                gather.append((o, cols, inverse[cols]))
+        constants: dict[str, float] = {}
+        for c in model.covariates:
+            if c in spec.covariate_values:
+                constants[c] = spec.covariate_values[c]
+            else:
+                constants[c] = _covariate_value(spec, dataset, records, c, f"data ({c})", sid)
+        cov_values = {
+            c.covariate: _covariate_value(
+                spec, dataset, records, c.covariate, f"parameters.{p.name}.covariates.{c.covariate}", sid
+            )
+            for p in spec.parameters
+            for c in p.covariates
+        }
+        weight = (
+            _covariate_value(spec, dataset, records, "WT", "data.dose_unit", sid)
+            if weight_from_data
+            else None
+        )
+        lloq = obs["LLOQ"].to_numpy(dtype=float)
+        data = _SubjectData(
+            regimen=ds.regimen,
+            times=unique,
+            gather=tuple(gather),
+            constants=constants,
+            weight=weight,
+            n_obs=len(obs),
+            dvid=obs["DVID"].to_numpy(dtype=object),
+            rows=obs["ROW"].to_numpy(),
+        )
+        subjects.append(
+            Subject(
+                sid,
+                dv=dv,
+                time=times,
+                output=np.array([output_index[o] for o in out_names], dtype=int),
+                lloq=np.where(np.isfinite(lloq), lloq, np.nan),
+                blq=blq,
+                covariates=cov_values,
+                data=data,
+            )
+        )
+    if no_obs:
+        notes.append(
+            f"{len(no_obs)} subject(s) without observations are not in the fit (IDs "
+            f"{', '.join(map(str, no_obs[:10]))}{', ...' if len(no_obs) > 10 else ''})"
+        )
+    n_dropped = sum(dropped_blq.values())
+    if n_dropped:
+        detail = ", ".join(f"{o}: {n}" for o, n in dropped_blq.items() if n)
+        notes.append(f'{n_dropped} BLQ observation(s) dropped (blq.method = "drop", M1): {detail}')
+    if not subjects:
+        raise _spec_error(spec, "fit.data", "no subject has an observation to fit; check EVID/MDV and DVIDs")
+    n_blq = sum(int(s.blq.sum()) for s in subjects)
+    if spec.method == "fo" and n_blq:
+        raise _spec_error(
+            spec,
+            "blq.method",
+            f"method fo cannot use the {n_blq} BLQ observations (M3 needs the conditional likelihood); set "
+            '[blq] method = "drop" or use method = "foce-i"',
+        )
+    if spec.blq_method == "M3" and n_blq:
+        notes.append(f"{n_blq} BLQ observation(s) enter the likelihood as censored (Beal M3)")
+
+    thetas = []
+    parameters = []
+    for p in spec.parameters:
+        thetas.append(Theta(p.name, p.theta, lower=p.lower, upper=p.upper, fixed=p.fixed))
+        effects = []
+        for c in p.covariates:
+            tname = f"{p.name}_{c.covariate}"
+            thetas.append(Theta(tname, c.theta, lower=c.lower, upper=c.upper, fixed=not c.estimate))
+            effects.append(CovariateEffect(c.covariate, theta=tname, reference=c.reference, form=c.kind))
+        parameters.append(IndividualParameter(p.name, theta=p.name, eta=p.eta_name, covariates=effects))
+    residual = tuple(
+        ResidualError(
+            r.model,
+            additive=r.additive,
+            proportional=r.proportional,
+            output=output_index[r.output],
+            name=r.output,
+            fix_additive=r.fix_additive,
+            fix_proportional=r.fix_proportional,
+        )
+        for r in spec.residual
+    )
+    lower = np.array([model.parameters[n].lower for n in listed])[:, None]
+    upper = np.array([model.parameters[n].upper for n in listed])[:, None]
+    fp = FitProblem(
+        spec=spec,
+        dataset=dataset,
+        subjects=tuple(subjects),
+        problem=None,
+        thetas=tuple(thetas),
+        parameters=tuple(parameters),
+        residual=residual,
+        outputs=outputs,
+        notes=tuple(notes),
+        _listed=listed,
+        _lower=lower,
+        _upper=upper,
+    )
+    if spec.method != "individual":
+        problem = PopulationProblem(
+            subjects,
+            thetas=thetas,
+            parameters=parameters,
+            omega=_omega_blocks(spec),
+            residual=residual,
+            predict_batch=fp.predict_batch,
+        )
+        object.__setattr__(fp, "problem", problem)
+    _check_initial_predictions(fp)
+    return fp
+
+
+def _omega_blocks(spec: FitSpec) -> list[OmegaBlock]:
+    """Ω blocks in parameter order: a declared block where its first member is, single η elsewhere."""
+    blocks = []
+    done = set()
+    for name in spec.eta_owners:
+        if name in done:
+            continue
+        block = next((b for b in spec.omega_blocks if name in b), None)
+        if block is None:
+            variance = spec.omega_init.get((name,), DEFAULT_OMEGA)
+            blocks.append(OmegaBlock([f"eta_{name}"], [variance]))
+            done.add(name)
+            continue
+        k = len(block)
+        matrix = np.zeros((k, k))
+        for i, a in enumerate(block):
+            matrix[i, i] = spec.omega_init.get((a,), DEFAULT_OMEGA)
+            for j, b in enumerate(block[:i]):
+                cov = spec.omega_init.get((a, b), spec.omega_init.get((b, a), 0.0))
+                matrix[i, j] = matrix[j, i] = cov
+        try:
+            blocks.append(OmegaBlock([f"eta_{a}" for a in block], matrix, diagonal=False))
+        except EstimationError as exc:  # not positive definite
+            raise _spec_error(spec, "omega.init", f"{exc}") from None
+        done.update(block)
+    return blocks
+
+
+def typical_values(
+    spec: FitSpec, theta: Mapping[str, float], covariates: Mapping[str, float]
+) -> dict[str, float]:
+    """Typical values of the listed parameters for one subject: θ times its covariate effects.
+
+    Parameters
+    ----------
+    spec : FitSpec
+    theta : mapping of str to float
+        Thetas by name (parameter names and ``<parameter>_<covariate>``).
+    covariates : mapping of str to float
+        The subject's covariates.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    out = {}
+    for p in spec.parameters:
+        value = float(theta[p.name])
+        for c in p.covariates:
+            x = covariates[c.covariate]
+            exponent = float(theta[f"{p.name}_{c.covariate}"])
+            if c.kind == "power":
+                value *= (x / c.reference) ** exponent
+            elif c.kind == "linear":
+                value *= 1.0 + exponent * (x - c.reference)
+            else:
+                value *= math.exp(exponent * (x - c.reference))
+        out[p.name] = value
+    return out
+
+
+def _check_initial_predictions(fp: FitProblem) -> None:
+    """Predict every subject at the initial typical values; raise on configuration errors."""
+    spec = fp.spec
+    initial = {t.name: t.initial for t in fp.thetas}
+    for s in fp.subjects:
+        data: _SubjectData = s.data
+        arguments = dict(data.constants)
+        arguments.update(typical_values(spec, initial, s.covariates))
+        try:
+            simulate(
+                spec.model,
+                data.regimen,
+                data.times,
+                parameters=arguments,
+                weight=data.weight,
+                engine=spec.options.engine,
+            )
+        except SimulationError as exc:
+            raise SpecError(
+                f"{spec.path}: the model cannot be simulated for ID {s.id} at the initial values: {exc}"
+            ) from None
