@@ -262,7 +262,9 @@ def _matched_regimen(reference: RegimenSpec, schedule: str) -> RegimenSpec:
     text = f"{dose:.4g} {unit} {schedule}"
     words = schedule.split()
     short = " ".join(
-        w for i, w in enumerate(words) if not w.startswith("x") and w != "over" and (i == 0 or words[i - 1] != "over")
+        w
+        for i, w in enumerate(words)
+        if not w.startswith("x") and w != "over" and (i == 0 or words[i - 1] != "over")
     )
     return RegimenSpec(f"matched: {dose:.3g} {unit} {short}", text, parse_regimen(text))
 

@@ -70,6 +70,7 @@ class _Source:
             self.omega_names: list[str] = []
             self.omega = np.zeros((0, 0))
             self.data_covariates: pd.DataFrame | None = None
+            self.shared: dict[str, str] = {}
             return
         spec = getattr(model_or_fit, "spec", None)
         result = getattr(model_or_fit, "result", None)
@@ -83,6 +84,8 @@ class _Source:
         self.theta = dict(result.theta)
         owners = {p.eta_name: p.eta for p in spec.parameters if p.eta is not None}
         self.omega_names = [owners[e] for e in result.eta_names]
+        # parameters that carry another parameter's η (e.g. V with eta = "CL")
+        self.shared = {p.name: p.eta for p in spec.parameters if p.eta is not None and p.eta != p.name}
         self.omega = np.asarray(result.omega, dtype=float)
         rows = [{"ID": s.id, **s.covariates} for s in model_or_fit.fit_problem.subjects]
         self.data_covariates = pd.DataFrame(rows)
@@ -425,7 +428,11 @@ def sample_population(
         frame["REP"] = rep
     for column in cov.columns:
         frame[column] = cov[column].to_numpy()
-    varying = [k for k in allowed if k in eta_names or k in theta_names or source.fit is not None]
+    varying = [
+        k
+        for k in allowed
+        if source.shared.get(k, k) in eta_names or k in theta_names or source.fit is not None
+    ]
     typical = np.empty((total, len(varying)))
     for r in range(int(replicates)):
         rows = slice(r * int(n), (r + 1) * int(n))
@@ -433,8 +440,9 @@ def sample_population(
         typical[rows] = np.column_stack([values[k] for k in varying]) if varying else typical[rows]
     for j, name in enumerate(varying):
         value = typical[:, j]
-        if name in eta_names:
-            value = value * np.exp(eta[:, eta_names.index(name)])
+        owner = source.shared.get(name, name)
+        if owner in eta_names:
+            value = value * np.exp(eta[:, eta_names.index(owner)])
         lo, hi = source.bounds(name)
         bad = (value < lo) | (value > hi)
         if bad.any():
