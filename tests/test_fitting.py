@@ -600,7 +600,7 @@ def simulate_adc_study(n: int = 40, seed: int = 20241125) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_adc_population_parameters_are_recovered(tmp_path, record_property):
     study = simulate_adc_study()
     study.to_csv(tmp_path / "adc.csv", index=False)
