@@ -171,7 +171,7 @@ def theoph_run():
     return run_fit(THEOPH_SPEC)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_theoph_fit_converges_with_covariance(theoph_run, record_property):
     run = theoph_run
     assert run.status == "success", run.status_message
@@ -181,7 +181,7 @@ def test_theoph_fit_converges_with_covariance(theoph_run, record_property):
     record_property("simulate_calls", run.fit_problem.n_simulate_calls[0])
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_theoph_fixed_effects_agree_with_nlme_within_2_percent(theoph_run, record_property):
     theta = theoph_run.result.theta
     ours = {"lKa": theta["KA"], "lCl": theta["CL"], "lKe": theta["CL"] / theta["V"]}  # natural scale
@@ -192,7 +192,7 @@ def test_theoph_fixed_effects_agree_with_nlme_within_2_percent(theoph_run, recor
         record_property(f"{name}_log_difference", round(math.log(ours[name]) - log_value, 5))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_theoph_random_effect_sds_agree_with_nlme_within_10_percent(theoph_run):
     omega = theoph_run.result.omega_table()
     for name, reference in NLME_SD.items():
@@ -244,7 +244,7 @@ def test_theoph_objective_equals_the_ssfol_problem(theoph_problem):
 # ----------------------------------------------------------------------------------- results folders
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_results_folder(theoph_run, tmp_path):
     out = theoph_run.write(tmp_path / "res", command_line="pkmodel fit fits/theoph_foce.toml")
     names = {p.name for p in out.iterdir()}
@@ -283,7 +283,7 @@ def test_results_folder(theoph_run, tmp_path):
     assert list(ebe.columns[:3]) == ["ID", "eta_KA", "eta_CL"] and len(ebe) == 12
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_no_overwrite_without_force_and_atomic_replacement(theoph_run, tmp_path, monkeypatch):
     target = tmp_path / "res"
     theoph_run.write(target, plots=False)
@@ -347,7 +347,7 @@ def test_status_is_success_only_with_convergence_and_covariance(converged, reque
     assert ("did NOT converge" in message) == (status == "not-converged")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_population_covariance_failure_is_reported(tmp_path):
     # A covariate effect that every subject's covariate makes vanish ((FLAG/1)^θ with FLAG = 1 for all)
     # cannot be estimated: the R matrix has a zero row, so the covariance step must fail and say which
@@ -426,7 +426,7 @@ def test_individual_covariance_failure_is_reported(tmp_path):
 # ------------------------------------------------------------------------------------- tables, text
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_parameter_table_text(theoph_run):
     text = format_parameter_table(theoph_run)
     r = theoph_run.result
