@@ -81,6 +81,7 @@ HOURS_PER_WEEK = 168.0
 _GRID = ((2.0, 0.1), (12.0, 0.25), (24.0, 0.5))
 _COARSE_STEP = 2.0
 _TOL = 1e-9  # h, to match times
+_CACHE_BYTES = 64 * 2**20  # propagators e^{AΔ} kept per call (the common grid steps fit easily)
 
 
 # --------------------------------------------------------------------------------------------- cycles
@@ -580,7 +581,7 @@ class _Augmented:
         hit = self._cache.get(key)
         if hit is None:
             hit = scipy.linalg.expm(self.A * key)
-            if len(self._cache) < 256:
+            if (len(self._cache) + 1) * hit.nbytes <= _CACHE_BYTES:
                 self._cache[key] = hit
         return hit
 

@@ -167,6 +167,8 @@ def _square(spec: Any, what: str, allowed: Sequence[str]) -> tuple[list[str], np
             f"{what} must be a mapping of variances by name (covariances by a pair of names) or a square "
             f"DataFrame; got {type(spec).__name__}"
         )
+    if not names:
+        return [], np.zeros((0, 0))
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise SimulationError(

@@ -250,11 +250,16 @@ def unit_dose_auc(model, analyte, weight):
     K, _ = model.linear_system()
     states = [model.symbols[s] for s in model.state_names]
     c = sp.Matrix([model.output_exprs[analyte]]).jacobian(states)
-    values_ = {model.symbols[k]: p.value for k, p in model.parameters.items()}
-    values_.update({model.symbols[k]: cov.value for k, cov in model.covariates.items()})
-    values_[model.symbols["WT"]] = weight
-    K_num = np.array(K.subs(values_).evalf(), dtype=float)
-    c_num = np.array(c.subs(values_).evalf(), dtype=float)[0]
+    names = [*model.parameters, *model.covariates]
+    numbers = {
+        **{k: p.value for k, p in model.parameters.items()},
+        **{k: c.value for k, c in model.covariates.items()},
+    }
+    numbers["WT"] = weight
+    evaluate = sp.lambdify([model.symbols[k] for k in names], (K, c), "numpy")
+    K_sym, c_sym = evaluate(*(numbers[k] for k in names))
+    K_num = np.array(K_sym, dtype=float)
+    c_num = np.array(c_sym, dtype=float)[0]
     e = np.zeros(len(states))
     e[model.state_names.index("DAR8_C")] = 1.0
     return float(c_num @ np.linalg.solve(-K_num, e))

@@ -11,7 +11,7 @@ Oracles
 * Individual fits: −2 log L of the Bateman function minimised by scipy (Nelder–Mead, then BFGS), an
   implementation independent of lmfit and of the simulator.
 * Results files: hashlib on the files, the constant n·log 2π between the two OFV conventions.
-* Recovery (slow): the known THETA/Ω/Σ the data were simulated with.
+* Recovery (marked long): the known THETA/Ω/Σ the data were simulated with.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ proportional = 0.1
 
 
 def test_several_outputs_at_the_same_times(tmp_path):
-    # Two analytes sampled at the same times: each observation must get its own output's value.  Oracle: bolus into DAR8_C with ALPHA = 0; total antibody is a two-compartment
-    # bi-exponential and the conjugated fraction 1 − (1 − e^(−KDEC t))^8 (Binomial law, Bender 2014).
+    # Two analytes sampled at the same times: each observation must get its own output's value.
+    # Oracle: bolus into DAR8_C with ALPHA = 0; total antibody is a two-compartment bi-exponential and
+    # the conjugated fraction 1 − (1 − e^(−KDEC t))^8 (Binomial law, Bender 2014).
     dose_mg, cl, kdec, v1, q, v2 = 700.0, 0.02, 0.05, 2.8152, 0.0092, 1.104  # V1, Q, V2 of the model file
     rows = [dict(ID=1, TIME=0.0, AMT=dose_mg, EVID=1, MDV=1, CMT="DAR8_C", DV=".", DVID=".", WT=70.0)]
     times = [24.0, 1.0, 72.0, 1.0, 24.0, 72.0]
@@ -160,6 +161,41 @@ def test_several_outputs_at_the_same_times(tmp_path):
     conjugated = 1.0 - (1.0 - np.exp(-kdec * t)) ** 8
     expected = np.where(np.array([dvids[k] for k in order]) == 1, tab, tab * conjugated)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_two_output_individual_fit_writes_one_figure_per_output(tmp_path):
+    # TAb and ADC of one subject: the bi-exponential and Binomial oracle of the test above at CL 0.02 L/h,
+    # KDEC 0.05 1/h (TAb 227.6, 180.7, 117.2, 58.8 µg/mL at 1, 24, 72, 168 h; ADC 227.6, 170.5, 23.3)
+    # times 1 ± 3 %; the ADC at 72 h is reported below its LLOQ of 30 µg/mL.  The fit runs, BLQ is
+    # kept as censored, and the results folder has one individual-fits figure per output.
+    rows = [dict(ID=1, TIME=0.0, AMT=700.0, EVID=1, MDV=1, CMT="DAR8_C", DV=".", DVID=".", LLOQ=".", WT=70.0)]
+    observed = [
+        (1.0, 1, 227.6 * 1.03),
+        (1.0, 2, 227.6 * 0.97),
+        (24.0, 1, 180.7 * 0.98),
+        (24.0, 2, 170.5 * 1.02),
+    ]
+    observed += [(72.0, 1, 117.2 * 1.01), (72.0, 2, None), (168.0, 1, 58.8 * 0.99)]
+    for t, dvid, dv in observed:
+        lloq = 30.0 if dvid == 2 else 1.0
+        rows.append(
+            dict(ID=1, TIME=t, AMT=".", EVID=0, MDV=0, CMT=".", DV="." if dv is None else dv, DVID=dvid,
+                 LLOQ=lloq, BLQ=int(dv is None), WT=70.0)
+        )  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "adc.csv", index=False)
+    (tmp_path / "spec.toml").write_text(ADC_SPEC.format(cl=0.015, kdec=0.04), encoding="utf-8")
+    run = run_fit(tmp_path / "spec.toml", out_dir=tmp_path / "res")
+    assert run.status == "success", run.status_message
+    estimates = run.result[1].estimates
+    assert estimates["CL"] == pytest.approx(0.02, rel=0.15) and estimates["KDEC"] == pytest.approx(
+        0.05, rel=0.15
+    )
+    pred = pd.read_csv(tmp_path / "res" / "predictions.csv")
+    assert pred["OUTPUT"].tolist() == ["TAb", "ADC", "TAb", "ADC", "TAb", "ADC", "TAb"]
+    assert pred["BLQ"].tolist() == [0, 0, 0, 0, 0, 1, 0] and np.isnan(pred["IWRES"].iloc[5])
+    names = {p.name for p in (tmp_path / "res").iterdir()}
+    assert {"individual_fits_TAb.png", "individual_fits_ADC.png", "gof_dv_ipred.png"} <= names
+    assert "gof_dv_pred.png" not in names  # no population prediction in individual fits
 
 
 # -------------------------------------------------------------------------- theophylline against nlme
@@ -479,6 +515,10 @@ def test_individual_fits_match_scipy_on_the_bateman_function(tmp_path):
             assert result.estimates[name] == pytest.approx(value, rel=1e-3), (sid, name)
     assert list(run.predictions()["ID"].unique()) == [2]
     assert run.predictions()["PRED"].isna().all()  # no population prediction in individual fits
+    # the model receives CL = θ_CL·WT and V = θ_V·WT (ID 2 weighs 72.4 kg, line 14 of the file)
+    values = run.model_parameters().set_index("ID").loc[2]
+    assert values["CL"] == pytest.approx(run.result[2].estimates["CL"] * 72.4, rel=1e-12)
+    assert values["V"] == pytest.approx(run.result[2].estimates["V"] * 72.4, rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------- ADC recovery

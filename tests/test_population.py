@@ -196,3 +196,38 @@ def test_errors_state_rule_and_fix(adc, two_cmt):
         simulate_metrics(two_cmt, reg, pop, chunk_size=0)
     with pytest.raises(SimulationError, match=r"population has repeated ID 1"):
         simulate_metrics(two_cmt, reg, pd.DataFrame({"ID": [1, 1], "CL": [0.2, 0.3]}))
+
+
+@pytest.fixture(scope="module")
+def theoph_fit():
+    from pathlib import Path
+
+    from pkmodel.fitting import run_fit
+
+    return run_fit(Path(__file__).resolve().parents[1] / "fits" / "theoph_foce.toml")
+
+
+@pytest.mark.slow
+def test_population_from_a_fit(theoph_fit):
+    # the theophylline spec: KA with its own η, CL = θ_CL·WT·exp(η_CL), V = θ_V·WT·exp(η_CL) (shared η)
+    run = theoph_fit
+    theta, omega = run.result.theta, run.result.omega
+    n = 20000
+    pop = sample_population(run, n, seed=21)
+    assert list(pop.columns) == ["ID", "WT", "KA", "CL", "V"]
+    fitted_weights = {s.covariates["WT"] for s in run.fit_problem.subjects}
+    assert set(pop.WT) <= fitted_weights  # covariates resampled from the fitted subjects
+    eta_ka = np.log(pop.KA / theta["KA"])
+    eta_cl = np.log(pop.CL / (theta["CL"] * pop.WT))
+    eta_v = np.log(pop.V / (theta["V"] * pop.WT))
+    np.testing.assert_allclose(eta_v, eta_cl, rtol=0, atol=1e-12)  # V carries CL's η
+    for eta, var in ((eta_ka, omega[0, 0]), (eta_cl, omega[1, 1])):
+        assert abs(eta.mean()) < 4 * math.sqrt(var / n)
+        assert abs(eta.var(ddof=1) - var) < 4 * var * math.sqrt(2 / (n - 1))
+    # parameter uncertainty from the fit's covariance matrix, one θ per replicate
+    reps = 3000
+    drawn = sample_population(run, 1, seed=22, omega={}, uncertainty=True, replicates=reps)
+    cov = run.result.covariance_matrix()
+    ka = drawn.KA.to_numpy()
+    assert abs(ka.mean() - theta["KA"]) < 4 * math.sqrt(cov.loc["KA", "KA"] / reps)
+    assert abs(ka.var(ddof=1) - cov.loc["KA", "KA"]) < 4 * cov.loc["KA", "KA"] * math.sqrt(2 / (reps - 1))

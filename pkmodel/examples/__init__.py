@@ -10,8 +10,7 @@ Examples
 >>> from pkmodel.examples import dataset_path
 >>> dataset_path().name
 'esg401_phase1.csv'
->>> # the CSV is written by python -m pkmodel.examples.make_esg401_phase1 (not shipped yet: skipped)
->>> dataset_path().read_text(encoding="utf-8").startswith("# SIMULATED DATA")  # doctest: +SKIP
+>>> dataset_path().read_text(encoding="utf-8").startswith("# SIMULATED DATA")
 True
 """
 
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from pkmodel.errors import DatasetError
 
-__all__ = ["EXAMPLES", "dataset_path", "documentation_path"]
+__all__ = ["EXAMPLES", "dataset_path", "documentation_path", "example_dataset_path"]
 
 #: Shipped example datasets (name -> one-line description).
 EXAMPLES = {
@@ -73,3 +72,7 @@ def documentation_path(name: str = "esg401_phase1") -> Path:
     '.md'
     """
     return _HERE / f"{_check(name)}.md"
+
+
+#: The same function under the name :mod:`pkmodel.compare` uses.
+example_dataset_path = dataset_path

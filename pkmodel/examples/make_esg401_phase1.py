@@ -5,8 +5,8 @@ The file mimics the design of the ESG401 first-in-human study (NCT04892342; Wang
 on days 1, 8 and 15 of 4-week cycles.  Every value in it is simulated from the assumed truth below:
 
 * structural model ``models/adc_esg401_friberg.toml`` (DAR-resolved ESG401 PK, free SN-38 driving the
-  Friberg neutropenia model) with its typical values, except the baseline neutrophil count CIRC0,
-  which is the patient's own (drawn around :data:`CIRC0_MEDIAN`);
+  Friberg neutropenia model) with its typical values, except those in :data:`TYPICAL` (median baseline
+  ANC and SN-38 effect, calibrated);
 * log-normal inter-individual variability :data:`OMEGA2` (variances of η; P_i = P·exp(η_i));
 * covariates WT and ALB drawn from :data:`COVARIATES` (truncated distributions, drawn exactly by
   inverse CDF);
@@ -46,7 +46,6 @@ import pandas as pd
 from scipy.special import ndtr, ndtri
 
 __all__ = [
-    "CIRC0_MEDIAN",
     "COHORTS",
     "COVARIATES",
     "CYCLES",
@@ -56,6 +55,7 @@ __all__ = [
     "OMEGA2",
     "RESIDUAL",
     "SEED",
+    "TYPICAL",
     "WBC_MODEL",
     "Cohort",
     "expected_incidence",
@@ -115,9 +115,11 @@ COVARIATES = {
     "ALB": {"dist": "normal", "mean": 40.0, "sd": 4.0, "lower": 28.0, "upper": 50.0},
 }
 
-#: Median baseline ANC (10^9/L) of the simulated patients (assumed; the model file's CIRC0 of 5.0 is a
-#: placeholder for "the patient's own baseline").
-CIRC0_MEDIAN = 3.9
+#: Typical values that differ from the model file (assumed; calibrated, see esg401_phase1.md):
+#: CIRC0, the median baseline ANC (10^9/L; the model file's 5.0 is a placeholder for the patient's own
+#: baseline), and SLOPE, the SN-38 effect (L/µmol; the model file's 4.291 was calibrated to 16 mg/kg Q3W
+#: alone, 70 kg, baseline 5).  Every other typical value is the model file's.
+TYPICAL = {"CIRC0": 3.6, "SLOPE": 3.6}
 
 #: Variances of the log-normal random effects (assumed), P_i = P_typical·exp(η_i), Ω diagonal.
 #: PK: moderate IIV typical of monoclonal antibodies and ADCs; SN-38 clearance 0.2 (about the
@@ -136,8 +138,8 @@ OMEGA2 = {
 
 #: WBC = ANC + NONNEUT0·(ANC/CIRC0)^BETA (10^9/L): the non-neutrophil leukocytes (median 2.0 ×10^9/L
 #: at baseline: lymphocytes, monocytes, eosinophils, basophils) fall with the neutrophils but less
-#: (BETA < 1), as SN-38 suppresses lymphopoiesis less.  Assumed.
-WBC_MODEL = {"NONNEUT0": 2.0, "BETA": 0.5}
+#: (BETA < 1), as SN-38 suppresses lymphopoiesis less.  Assumed; BETA calibrated (esg401_phase1.md).
+WBC_MODEL = {"NONNEUT0": 2.0, "BETA": 0.6}
 
 #: Residual errors (assumed): PK y = f·(1 + ε_prop) + ε_add (SDs below, DV units; the additive SD is
 #: LLOQ/5, so that a drug-free sample is BLQ); ANC and the non-neutrophil WBC part y = f·exp(ε).
@@ -238,7 +240,7 @@ def _patients(rng: np.random.Generator, table: pd.DataFrame, model) -> pd.DataFr
     names = list(OMEGA2)
     eta = rng.standard_normal((n, len(names))) * np.sqrt([OMEGA2[k] for k in names])
     typical = {k: model.parameters[k].value for k in names if k in model.parameters}
-    typical["CIRC0"] = CIRC0_MEDIAN
+    typical.update(TYPICAL)
     typical["NONNEUT0"] = WBC_MODEL["NONNEUT0"]
     for j, name in enumerate(names):
         out[name] = typical[name] * np.exp(eta[:, j])
@@ -254,20 +256,31 @@ def _regimen(regimen: str, amount_mg: float):
     )
 
 
-def _truth(patients: pd.DataFrame, model) -> dict[int, dict[str, np.ndarray]]:
-    """Noise-free outputs of every patient at its PK and hematology times.
+def _truth(patients: pd.DataFrame, model) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
+    """Noise-free outputs of every patient at its PK and hematology times, and the solver used for each.
 
-    The engine and its settings are pinned (ODE, BDF, rtol 1e-8, atol 1e-10) so that the file does not
-    change when the default engine does.  Patients are solved together, one stacked and vectorised call
-    per trial and regimen; if a stacked solve fails, that group's patients are solved one at a time.
+    The engine and its settings are pinned (ODE engine, rtol 1e-8, atol 1e-10) so that the file does not
+    change when the default engine does.  Patients are solved together with BDF, one stacked, vectorised
+    call per trial and regimen (``"BDF-stacked"``); if a stacked solve fails, that group's patients are
+    solved one at a time with BDF, then LSODA, then Radau, the first that succeeds.
     """
     from pkmodel.errors import SimulationError
     from pkmodel.simulation import simulate
 
     amounts = np.round(patients["DOSE"].to_numpy() * patients["WT"].to_numpy(), 1)
     columns = ["ID", "WT", "ALB", "CL", "V1", "KDEC", "CLS", "CIRC0", "MTT", "SLOPE"]
-    settings = {"engine": "ode", "method": "BDF", "rtol": 1e-8, "atol": 1e-10}
+    settings = {"engine": "ode", "rtol": 1e-8, "atol": 1e-10}
     out: dict[int, dict[str, np.ndarray]] = {}
+    solver: dict[int, str] = {}
+
+    def keep(result, regimens, times, label):
+        for k, pid in enumerate(result.ids.tolist()):
+            record = {name: result.output(name)[:, k] for name in (*PK_OUTPUTS, "ANC")}
+            record["TIME"] = times
+            record["AMT"] = float(regimens[int(pid)].events[0].amount)
+            out[int(pid)] = record
+            solver[int(pid)] = label
+
     groups = patients.assign(AMT=amounts).groupby(["REP", "REGIMEN"], sort=True)
     for (_, regimen), group in groups:
         times = np.unique(np.concatenate([pk_times(regimen), hematology_times(regimen)]))
@@ -275,25 +288,26 @@ def _truth(patients: pd.DataFrame, model) -> dict[int, dict[str, np.ndarray]]:
             int(pid): _regimen(regimen, float(a)) for pid, a in zip(group["ID"], group["AMT"], strict=True)
         }
         try:
-            results = [simulate(model, regimens, times, parameters=group[columns], **settings)]
+            result = simulate(model, regimens, times, parameters=group[columns], method="BDF", **settings)
+            keep(result, regimens, times, "BDF-stacked")
+            continue
         except SimulationError:
-            results = [
-                simulate(
-                    model,
-                    {int(pid): regimens[int(pid)]},
-                    times,
-                    parameters=group.loc[[i], columns],
-                    **settings,
-                )
-                for i, pid in zip(group.index, group["ID"], strict=True)
-            ]
-        for result in results:
-            for k, pid in enumerate(result.ids.tolist()):
-                record = {name: result.output(name)[:, k] for name in (*PK_OUTPUTS, "ANC")}
-                record["TIME"] = times
-                record["AMT"] = float(regimens[int(pid)].events[0].amount)
-                out[int(pid)] = record
-    return out
+            pass
+        for i, pid in zip(group.index, group["ID"], strict=True):
+            one = {int(pid): regimens[int(pid)]}
+            for method in ("BDF", "LSODA", "Radau"):
+                try:
+                    result = simulate(
+                        model, one, times, parameters=group.loc[[i], columns], method=method, **settings
+                    )
+                except SimulationError as exc:
+                    error = exc
+                    continue
+                keep(result, one, times, method)
+                break
+            else:
+                raise SimulationError(f"patient {pid}: no ODE method solved the model ({error})")
+    return out, solver
 
 
 def _significant(values: np.ndarray, digits: int) -> np.ndarray:
@@ -342,7 +356,7 @@ def simulate_study(seed: int = SEED, replicates: int = 1) -> Study:
     model = load_model(MODEL)
     rng = np.random.default_rng(seed)
     patients = _patients(rng, design(replicates), model)
-    truth = _truth(patients, model)
+    truth, solver = _truth(patients, model)
     pk_rows, heme_rows, dose_rows = [], [], []
     for row in patients.itertuples(index=False):
         pid, reg = int(row.ID), row.REGIMEN
@@ -371,6 +385,14 @@ def simulate_study(seed: int = SEED, replicates: int = 1) -> Study:
     # ANC and WBC: log-normal errors, 2 decimals as a laboratory reports them
     heme = pd.DataFrame(heme_rows, columns=["ID", "TIME", "F", "CIRC0", "NONNEUT0"])
     anc_true = heme["F"].to_numpy()
+    if not np.all(np.isfinite(anc_true) & (anc_true > 0)):
+        from pkmodel.errors import SimulationError
+
+        bad = heme.loc[~(np.isfinite(anc_true) & (anc_true > 0))].iloc[0]
+        raise SimulationError(
+            f"patient {int(bad.ID)}: simulated ANC {bad.F!r} at {bad.TIME:g} h is not positive; the solver "
+            "did not resolve this patient's neutropenia: check the assumed truth (e.g. SLOPE, OMEGA2)"
+        )
     anc = np.round(anc_true * np.exp(RESIDUAL["ANC"]["exponential"] * rng.standard_normal(len(heme))), 2)
     nonneut = heme["NONNEUT0"].to_numpy() * (anc_true / heme["CIRC0"].to_numpy()) ** WBC_MODEL["BETA"]
     nonneut = nonneut * np.exp(RESIDUAL["NONNEUT"]["exponential"] * rng.standard_normal(len(heme)))
@@ -384,6 +406,7 @@ def simulate_study(seed: int = SEED, replicates: int = 1) -> Study:
     heme["LG"] = np.where(on, _grade(heme["WBC"].to_numpy(), "WBC"), 0)
     worst = heme.groupby("ID")[["NG", "LG"]].max()
     patients = patients.copy()
+    patients["SOLVER"] = patients["ID"].map(solver)
     patients["NEUTGR"] = patients["ID"].map(worst["NG"]).astype(int)
     patients["LEUKGR"] = patients["ID"].map(worst["LG"]).astype(int)
 

@@ -226,12 +226,8 @@ def _residual_plot(run, table, xcol: str, path: Path) -> None:
 def _individual_fits(run, table, path_stem: Path) -> list[str]:
     fp = run.fit_problem
     subjects = list(fp.subjects)
-    if run.is_population:
-        individual = run.result.subjects()
-        typical = run.typical_parameters().set_index("ID")
-    else:
-        individual = run.individual_parameters().set_index("ID")
-        typical = None
+    individual = run.model_parameters().set_index("ID")
+    typical = run.typical_parameters().set_index("ID") if run.is_population else None
     names = [p.name for p in run.spec.parameters]
     written = []
     for output in fp.outputs:

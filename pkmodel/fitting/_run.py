@@ -218,16 +218,35 @@ class FitRun:
         )
 
     def typical_parameters(self) -> pd.DataFrame:
-        """One row per subject: the typical values (η = 0) of the listed parameters at the estimates."""
+        """One row per subject: typical values (η = 0) of the listed parameters, as the model receives them.
+
+        Population fits only (individual fits have no typical values).
+        """
+        if not self.is_population:
+            raise PkmodelError("individual fits have no typical (population) values; use model_parameters()")
+        theta = self.result.theta
+        rows = []
+        for s in self.fit_problem.subjects:
+            row = {"ID": s.id}
+            row.update(typical_values(self.spec, theta, s.covariates))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def model_parameters(self) -> pd.DataFrame:
+        """One row per subject: the values of the listed parameters the model was simulated with.
+
+        Population fits: the individual parameters at η̂ (covariate effects included).  Individual fits:
+        each subject's estimate times its fixed covariate effects (``CL = θ·WT`` gives L/h, not L/h/kg).
+        """
+        names = [p.name for p in self.spec.parameters]
         if self.is_population:
-            theta = self.result.theta
-            rows = []
-            for s in self.fit_problem.subjects:
-                row = {"ID": s.id}
-                row.update(typical_values(self.spec, theta, s.covariates))
-                rows.append(row)
-            return pd.DataFrame(rows)
-        return self.individual_parameters()[["ID", *(p.name for p in self.spec.parameters)]]
+            return self.result.subjects().reset_index()[["ID", *names]]
+        rows = []
+        for s in self.fit_problem.subjects:
+            estimates = self.result[s.id].estimates
+            factor = _covariate_factors(self.fit_problem, s)
+            rows.append({"ID": s.id, **{n: estimates[n] * factor[n] for n in names}})
+        return pd.DataFrame(rows)
 
     # ---- summary -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -453,12 +472,21 @@ def _status(converged: bool, covariance: bool, covariance_ok: bool, covariance_m
     return "success", "converged; covariance step successful"
 
 
+def _covariate_factors(fp: FitProblem, subject) -> dict[str, float]:
+    """Product of the (fixed) covariate effects of each listed parameter for one subject.
+
+    In individual fits each parameter is the subject's θ times these factors; they are the typical
+    values computed with every parameter's θ set to 1.
+    """
+    unit = {t.name: t.initial for t in fp.thetas} | {p.name: 1.0 for p in fp.spec.parameters}
+    return typical_values(fp.spec, unit, subject.covariates)
+
+
 def _fit_individuals(fp: FitProblem) -> dict[Any, IndividualResult]:
     spec = fp.spec
     results = {}
     for s in fp.subjects:
-        effects = typical_values(spec, {t.name: t.initial for t in fp.thetas}, s.covariates)
-        factor = {p.name: effects[p.name] / p.theta if p.theta != 0 else 1.0 for p in spec.parameters}
+        factor = _covariate_factors(fp, s)
         thetas = [
             Theta(p.name, p.theta, lower=p.lower, upper=p.upper, fixed=p.fixed) for p in spec.parameters
         ]
