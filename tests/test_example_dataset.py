@@ -143,3 +143,12 @@ def test_generator_rewrites_the_identical_file(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == dataset_path().read_bytes()
+
+
+def test_theoph_example_is_the_reference_data_byte_for_byte():
+    # the shipped copy lets fits/theoph_foce.toml run from an installed pkmodel; the oracle is the test
+    # data copied from ../shared/reference/theoph (R 4.2.2 datasets::Theoph)
+    from pathlib import Path
+
+    reference = Path(__file__).parent / "data" / "theoph" / "Theoph_nonmem.csv"
+    assert dataset_path("theoph").read_bytes() == reference.read_bytes()

@@ -25,6 +25,7 @@ __all__ = ["EXAMPLES", "dataset_path", "documentation_path", "example_dataset_pa
 #: Shipped example datasets (name -> one-line description).
 EXAMPLES = {
     "esg401_phase1": "SIMULATED ESG401-like phase 1: 35 patients, Q3W 2-20 mg/kg and D1,8,15 q4w 12-16 mg/kg",
+    "theoph": "R's theophylline data (Boeckmann, Sheiner & Beal 1994): 12 subjects, one oral dose, NONMEM layout",
 }
 
 _HERE = Path(__file__).resolve().parent
@@ -37,7 +38,7 @@ def _check(name: str) -> str:
 
 
 def dataset_path(name: str = "esg401_phase1") -> Path:
-    """Path of a shipped example dataset (CSV, NONMEM layout, ``#`` comment header).
+    """Path of a shipped example dataset (CSV, NONMEM layout; the simulated ones start with ``#`` comment lines).
 
     Parameters
     ----------
@@ -58,7 +59,7 @@ def dataset_path(name: str = "esg401_phase1") -> Path:
     >>> dataset_path("nope")
     Traceback (most recent call last):
     ...
-    pkmodel.errors.DatasetError: there is no example dataset 'nope'; the examples are: esg401_phase1
+    pkmodel.errors.DatasetError: there is no example dataset 'nope'; the examples are: esg401_phase1, theoph
     """
     return _HERE / f"{_check(name)}.csv"
 

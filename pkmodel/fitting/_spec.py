@@ -42,7 +42,8 @@ DEFAULT_OMEGA = 0.1  # initial variance of an η when [omega.init] does not give
 _TOP = {"fit", "options", "data", "parameters", "omega", "residual", "blq"}
 _FIT = {"model", "data", "method", "seed", "description"}
 _OPTIONS = {"covariance", "gtol", "max_iterations", "fo_start", "engine"}
-_DATA = {"compartments", "dvid", "dose_unit", "covariate_values"}
+_EXAMPLE_PREFIX = "example:"  # fit.data = "example:esg401_phase1": a dataset shipped in pkmodel.examples
+_DATA = {"compartments", "dvid", "exclude_dvid", "dose_unit", "covariate_values"}
 _PARAMETER = {"theta", "bounds", "fixed", "eta", "covariates"}
 _COVARIATE = {"kind", "ref", "theta", "estimate", "bounds"}
 _OMEGA = {"blocks", "init"}
@@ -148,6 +149,9 @@ class FitSpec:
         CMT numbers 1, 2, ... name these compartments (default: the model's state order).
     dvid : dict of str to str, or None
         DVID value (as text) → model output; None: DVIDs must be output names (or the single output).
+    exclude_dvid : tuple of str
+        DVID values whose observations are left out of the fit (counted and reported in the notes),
+        e.g. ``("ANC",)`` for a PK fit of a dataset that also holds blood counts.
     dose_unit : str
         Unit of AMT (``"mg"``, ``"mg/kg"``, ...).
     covariate_values : dict of str to float
@@ -181,6 +185,7 @@ class FitSpec:
     omega_init: dict[tuple[str, ...], float]
     residual: tuple[ResidualSpec, ...]
     blq_method: str
+    exclude_dvid: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -444,7 +449,18 @@ def load_fit_spec(path: str | Path) -> FitSpec:
         raise reader.fail("fit.seed", f"must be a non-negative integer, got {seed!r}")
     description = str(fit.get("description", ""))
     model, model_path = _resolve_model(reader, fit["model"])
-    data_path = (path.parent / reader.text(fit["data"], "fit.data")).resolve()
+    data_text = reader.text(fit["data"], "fit.data")
+    if data_text.startswith(_EXAMPLE_PREFIX):
+        from pkmodel.examples import EXAMPLES, dataset_path
+
+        name = data_text[len(_EXAMPLE_PREFIX) :]
+        if name not in EXAMPLES:
+            raise reader.fail(
+                "fit.data", f"no shipped example dataset named {name!r}; shipped: {', '.join(EXAMPLES)}"
+            )
+        data_path = dataset_path(name)
+    else:
+        data_path = (path.parent / data_text).resolve()
     if not data_path.exists():
         raise reader.fail(
             "fit.data",
@@ -501,6 +517,17 @@ def load_fit_spec(path: str | Path) -> FitSpec:
                     f"{', '.join(model.outputs)}",
                 )
             dvid[str(value)] = output
+    exclude_raw = data.get("exclude_dvid", [])
+    if not isinstance(exclude_raw, list) or not all(isinstance(v, (str, int)) for v in exclude_raw):
+        raise reader.fail("data.exclude_dvid", 'must be a list of DVID values, e.g. ["ANC"]')
+    exclude_dvid = tuple(str(v) for v in exclude_raw)
+    if dvid is not None:
+        both = [v for v in exclude_dvid if v in dvid]
+        if both:
+            raise reader.fail(
+                "data.exclude_dvid",
+                f"DVID {both[0]!r} is both mapped in [data] dvid and excluded; remove it from one of them",
+            )
     dose_unit = reader.text(data.get("dose_unit", "mg"), "data.dose_unit")
     covariate_values = {}
     raw_values = data.get("covariate_values", {})
@@ -669,6 +696,7 @@ def load_fit_spec(path: str | Path) -> FitSpec:
         options=options,
         compartments=compartments,
         dvid=dvid,
+        exclude_dvid=exclude_dvid,
         dose_unit=dose_unit,
         covariate_values=covariate_values,
         parameters=tuple(parameters),
