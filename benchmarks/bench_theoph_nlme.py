@@ -3,12 +3,14 @@
 pkmodel runs ``fits/theoph_foce.toml`` through the whole chain (spec → dataset → model file → simulate →
 FOCE-I with the covariance step); R runs ``benchmarks/theoph_nlme.R`` (nlme's Lindstrom–Bates fit of the
 same model, which also computes the standard errors) on the same file.  For reference, the same FOCE-I
-engine is also timed with the closed-form SSfol prediction in place of the simulator, which separates the
-cost of the estimation algorithm from that of the predictions.
+engine is also timed with the closed-form SSfol prediction in place of the model-based one, which
+separates the cost of the estimation algorithm from that of the predictions.  With ``--esg401`` it also
+times the FOCE-I fit of ``fits/esg401_example_foce.toml`` (35 subjects, TAb + ADC + SN-38, the 21-state
+linear model adc_esg401, with the covariance step), the fit that ``pkmodel demo`` runs.
 
 Usage::
 
-    python benchmarks/bench_theoph_nlme.py [--repeats N]
+    python benchmarks/bench_theoph_nlme.py [--repeats N] [--esg401]
 
 Installs R and nlme (Debian ``r-base-core r-cran-nlme``) if they are absent.  Prints both timings, the
 ratio pkmodel/nlme, and the estimates side by side.  Not a test: timings depend on the machine and its load.
@@ -48,6 +50,7 @@ from pkmodel.fitting import build_problem, load_fit_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "fits" / "theoph_foce.toml"
+ESG401_SPEC = ROOT / "fits" / "esg401_example_foce.toml"
 DATA = ROOT / "tests" / "data" / "theoph" / "Theoph_nonmem.csv"
 R_SCRIPT = Path(__file__).resolve().with_name("theoph_nlme.R")
 
@@ -112,13 +115,15 @@ def closed_form_problem() -> PopulationProblem:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="pkmodel fits to time (median); nlme: 10x")
+    parser.add_argument("--esg401", action="store_true", help="also time the ESG401 example PK fit (once)")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
 
     ensure_nlme()
     nlme = run_nlme(10 * args.repeats)
 
     spec = load_fit_spec(SPEC)
-    wall, cpu, estimation, calls = [], [], [], []
+    wall, cpu, estimation, calls, fast = [], [], [], [], []
     for _ in range(args.repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
         fp = build_problem(spec)
@@ -127,6 +132,7 @@ def main() -> None:
         cpu.append(time.process_time() - cpu_started)
         estimation.append(result.estimation_seconds)
         calls.append(fp.n_simulate_calls[0])
+        fast.append(fp.n_fast_predictions[0])
 
     closed_wall, closed_cpu = [], []
     for _ in range(args.repeats):
@@ -148,7 +154,7 @@ def main() -> None:
     print(
         f"R {nlme['r_version'].replace('_', ' ')}, nlme {nlme['nlme_version']}; "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f} at the start"
+        f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     )
     print(f"{'':14}{'pkmodel':>11}{'nlme':>11}")
     for name, a, b in rows:
@@ -161,8 +167,8 @@ def main() -> None:
     print(f"nlme fm2 fit (mean of {10 * args.repeats}):{'':27}{nlme_cpu:8.3f} ({nlme_wall:.3f})")
     print(
         f"pkmodel fit, whole chain (median of {args.repeats}):{'':15}{med(cpu):8.3f} ({med(wall):.3f})   "
-        f"BFGS {med(estimation):.3f} s wall, the rest the covariance step; {calls[-1]} simulate calls, "
-        f"{1e3 * med(cpu) / calls[-1]:.2f} ms CPU each"
+        f"BFGS {med(estimation):.3f} s wall, the rest the covariance step; {fast[-1]} parameter sets "
+        f"predicted by the modal path, {calls[-1]} simulate calls"
     )
     print(
         f"pkmodel FOCE-I engine, closed-form SSfol (median):{'':7}{med(closed_cpu):8.3f} ({med(closed_wall):.3f})"
@@ -171,6 +177,30 @@ def main() -> None:
         f"ratio pkmodel/nlme, whole chain: {med(cpu) / nlme_cpu:.0f} (CPU), {med(wall) / nlme_wall:.0f} (wall)"
     )
     print(f"ratio pkmodel/nlme, engine with closed-form predictions: {med(closed_cpu) / nlme_cpu:.1f} (CPU)")
+    if args.esg401:
+        print()
+        time_esg401()
+
+
+def time_esg401() -> None:
+    """The ESG401 example PK fit (FOCE-I, M3, covariance step), as ``pkmodel demo`` runs it."""
+    load = os.getloadavg()[0]
+    started, cpu_started = time.perf_counter(), time.process_time()
+    spec = load_fit_spec(ESG401_SPEC)
+    fp = build_problem(spec)
+    opts = spec.options
+    result = fit_population(fp.problem, method=spec.method, covariance=opts.covariance, gtol=opts.gtol)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(
+        f"ESG401 example PK fit ({len(fp.subjects)} subjects, {sum(s.n_obs for s in fp.subjects)} "
+        f"observations, FOCE-I + M3, covariance step; load average {load:.1f} -> {os.getloadavg()[0]:.1f}):"
+    )
+    print(
+        f"  {cpu:.1f} s CPU ({wall:.1f} s wall); BFGS {result.estimation_seconds:.1f} s wall; "
+        f"converged {result.converged}; OFV {result.ofv:.4f}; {fp.n_fast_predictions[0]} parameter sets by "
+        f"the modal path, {fp.n_simulate_calls[0]} simulate calls; {result.message}"
+    )
+    print("  " + ", ".join(f"{k} {v:.6g}" for k, v in result.theta.items()))
 
 
 if __name__ == "__main__":

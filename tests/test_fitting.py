@@ -11,7 +11,7 @@ Oracles
 * Individual fits: −2 log L of the Bateman function minimised by scipy (Nelder–Mead, then BFGS), an
   implementation independent of lmfit and of the simulator.
 * Results files: hashlib on the files, the constant n·log 2π between the two OFV conventions.
-* Recovery (marked long): the known THETA/Ω/Σ the data were simulated with.
+* Recovery (marked slow): the known THETA/Ω/Σ the data were simulated with.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def theoph_run():
     return run_fit(THEOPH_SPEC)
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_theoph_fit_converges_with_covariance(theoph_run, record_property):
     run = theoph_run
     assert run.status == "success", run.status_message
@@ -217,7 +217,7 @@ def test_theoph_fit_converges_with_covariance(theoph_run, record_property):
     record_property("simulate_calls", run.fit_problem.n_simulate_calls[0])
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_theoph_fixed_effects_agree_with_nlme_within_2_percent(theoph_run, record_property):
     theta = theoph_run.result.theta
     ours = {"lKa": theta["KA"], "lCl": theta["CL"], "lKe": theta["CL"] / theta["V"]}  # natural scale
@@ -228,7 +228,7 @@ def test_theoph_fixed_effects_agree_with_nlme_within_2_percent(theoph_run, recor
         record_property(f"{name}_log_difference", round(math.log(ours[name]) - log_value, 5))
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_theoph_random_effect_sds_agree_with_nlme_within_10_percent(theoph_run):
     omega = theoph_run.result.omega_table()
     for name, reference in NLME_SD.items():
@@ -280,7 +280,7 @@ def test_theoph_objective_equals_the_ssfol_problem(theoph_problem):
 # ----------------------------------------------------------------------------------- results folders
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_results_folder(theoph_run, tmp_path):
     out = theoph_run.write(tmp_path / "res", command_line="pkmodel fit fits/theoph_foce.toml")
     names = {p.name for p in out.iterdir()}
@@ -319,7 +319,7 @@ def test_results_folder(theoph_run, tmp_path):
     assert list(ebe.columns[:3]) == ["ID", "eta_KA", "eta_CL"] and len(ebe) == 12
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_no_overwrite_without_force_and_atomic_replacement(theoph_run, tmp_path, monkeypatch):
     target = tmp_path / "res"
     theoph_run.write(target, plots=False)
@@ -383,7 +383,7 @@ def test_status_is_success_only_with_convergence_and_covariance(converged, reque
     assert ("did NOT converge" in message) == (status == "not-converged")
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_population_covariance_failure_is_reported(tmp_path):
     # A covariate effect that every subject's covariate makes vanish ((FLAG/1)^θ with FLAG = 1 for all)
     # cannot be estimated: the R matrix has a zero row, so the covariance step must fail and say which
@@ -393,7 +393,7 @@ def test_population_covariance_failure_is_reported(tmp_path):
     pd.read_csv(THEOPH_DATA).assign(FLAG=1.0).to_csv(tmp_path / "theoph.csv", index=False)
     text = THEOPH_SPEC.read_text(encoding="utf-8")
     for old, new in [
-        ('"../tests/data/theoph/Theoph_nonmem.csv"', '"theoph.csv"'),
+        ('"example:theoph"', '"theoph.csv"'),
         ("theta = 1.568312 ", "theta = 1.6195 "),
         ("theta = 0.040762 ", "theta = 0.039544 "),
         ("theta = 0.449329 ", "theta = 0.46542 "),
@@ -462,7 +462,7 @@ def test_individual_covariance_failure_is_reported(tmp_path):
 # ------------------------------------------------------------------------------------- tables, text
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_parameter_table_text(theoph_run):
     text = format_parameter_table(theoph_run)
     r = theoph_run.result
@@ -481,7 +481,7 @@ def test_individual_fits_match_scipy_on_the_bateman_function(tmp_path):
     table = pd.read_csv(THEOPH_DATA)
     table[table["ID"] == 2].to_csv(tmp_path / "theoph.csv", index=False)
     text = THEOPH_SPEC.read_text(encoding="utf-8")
-    text = text.replace('"../tests/data/theoph/Theoph_nonmem.csv"', '"theoph.csv"')
+    text = text.replace('"example:theoph"', '"theoph.csv"')
     text = text.replace('method = "foce-i"', 'method = "individual"')
     text = text.replace("eta = true\n", "").replace('eta = "CL"', "")
     text = text.split("[omega.init]")[0] + '[residual.CP]\nmodel = "additive"\nadditive = 0.7\n'
@@ -640,7 +640,7 @@ def simulate_adc_study(n: int = 40, seed: int = 20241125) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.long
+@pytest.mark.slow
 def test_adc_population_parameters_are_recovered(tmp_path, record_property):
     study = simulate_adc_study()
     study.to_csv(tmp_path / "adc.csv", index=False)

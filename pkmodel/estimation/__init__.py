@@ -1,7 +1,8 @@
 """Population (FOCE-I, FOCE, FO) and individual (maximum likelihood) estimation on an abstract problem.
 
 The engine is model-agnostic: the caller supplies the subjects' observations and a prediction function
-``predict(subject, params) -> ndarray (n_obs,)`` (optionally a batched ``predict_batch``); see
+``predict(subject, params) -> ndarray (n_obs,)`` (optionally batched ``predict_batch`` and
+``predict_many``); see
 :mod:`pkmodel.estimation.problem` for the problem description and :mod:`pkmodel.estimation.foce` for
 the objective functions.
 """

@@ -39,8 +39,12 @@ which has no such constant).
 
 The outer problem minimises the OFV over the free parameters in an unconstrained space (thetas on a log
 or logit scale according to their bounds, Ω by its Cholesky factor with log diagonal, ``log σ``) with
-BFGS and a central finite-difference gradient; each evaluation re-solves every η̂, warm-started from
-the η̂ of the last evaluated base point, to a tight tolerance (the objective is then smooth to ~1e-9).
+BFGS and a central finite-difference gradient, its inverse Hessian started at the diagonal curvature
+that the first gradient's stencil gives; each evaluation re-solves every η̂, warm-started from the η̂ of
+the last evaluated base point, to a tight tolerance (the objective is then smooth to ~1e-7).  All
+subjects' predictions of an estimation step come from one ``predict_many`` call when the problem has
+one, and a subject's predictions at a parameter-set block seen just before (the base point's η̂ when the
+outer differences move only Ω or σ) are reused, not recomputed.
 
 References
 ----------
@@ -60,6 +64,7 @@ from typing import Literal
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from pkmodel.errors import EstimationError
 from pkmodel.estimation._layout import DataArrays, ParameterSpace
@@ -71,10 +76,19 @@ from pkmodel.estimation.results import PopulationResult, build_population_result
 __all__ = ["ObjectiveValue", "fit_population", "population_objective"]
 
 METHODS = ("foce-i", "foce", "fo")
-_ETA_STEP = 6.0e-6  # relative central-difference step for ∂f/∂η (≈ eps^(1/3))
+# relative central-difference step for ∂f/∂η: error ≈ h²·|f‴|/6 + ε_f/h with ε_f the predictions' relative
+# accuracy (≈1e-14 for expm, ≈1e-12 for the modal path of linear models, cond(V)·eps); 1e-4 keeps both
+# terms <= 1e-8 and the OFV smooth to ~1e-7 (6e-6 = eps^(1/3) left 1e-6 noise with the modal path, and the
+# outer finite-difference gradient then stalled BFGS near the optimum)
+_ETA_STEP = 1.0e-4
 _INNER_TOL = 1.0e-16  # Newton decrement (−2LL units) at which η̂ counts as converged
 _INNER_MAXITER = 100
 _NOISE_DECREMENT = 1.0e-8  # below this, the quadratic model is trusted and noise may stop progress
+# step of the outer central-difference gradient (optimiser space: log θ, log σ, Cholesky of Ω; relative
+# above 1): truncation h²·|f‴|/6 and noise ε_OFV/h both ~1e-4, below the default gtol 1e-3 (1e-4 made the
+# noise ~1e-3: BFGS then ended on line-search failures after hundreds of extra evaluations)
+_OUTER_STEP = 1.0e-3
+_CACHE_SIZE = 4  # parameter-set blocks remembered per subject (predictions are pure functions of them)
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,7 @@ class _Context:
 class PopulationObjective:
     """The compiled objective of a :class:`PopulationProblem` for one method (private engine)."""
 
-    def __init__(self, problem: PopulationProblem, method: str):
+    def __init__(self, problem: PopulationProblem, method: str, cache: bool = True):
         if method not in METHODS:
             raise EstimationError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
         self.problem = problem
@@ -187,6 +201,8 @@ class PopulationObjective:
         self.n_eta = self.space.n_eta
         self.n_evaluations = 0
         self.n_predict_calls = 0
+        # per subject: the last few parameter-set blocks and their predictions (None: no reuse)
+        self._cache: list[dict[bytes, np.ndarray]] | None = [{} for _ in self.subjects] if cache else None
 
     # ---- parameter model ---------------------------------------------------------------------
     def typical(self, theta: np.ndarray) -> np.ndarray:
@@ -231,6 +247,45 @@ class PopulationObjective:
         """Predictions of subjects ``rows`` for parameter sets ``phi`` (M, K, P) → (M, K, nmax)."""
         m_count, k_count, _ = phi.shape
         out = np.ones((m_count, k_count, self.data.nmax))
+        # the same parameter sets recur (e.g. the η̂ of the base point when the outer finite differences
+        # move only Ω or σ): reuse the subject's last predictions of exactly the same sets
+        keys = [phi[m].tobytes() for m in range(m_count)]
+        missing = []
+        for m, i in enumerate(rows):
+            hit = self._cache[i].get(keys[m]) if self._cache is not None else None
+            if hit is None:
+                missing.append(m)
+            else:
+                out[m] = hit
+        if missing:
+            todo = np.asarray(missing)
+            out[todo] = self._predict(np.asarray(rows)[todo], phi[todo])
+            if self._cache is not None:
+                for m in missing:
+                    entries = self._cache[rows[m]]
+                    if len(entries) >= _CACHE_SIZE:
+                        del entries[next(iter(entries))]
+                    entries[keys[m]] = out[m].copy()
+        return out
+
+    def _predict(self, rows: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        m_count, k_count, _ = phi.shape
+        out = np.ones((m_count, k_count, self.data.nmax))
+        self.n_predict_calls += len(rows)
+        many = self.problem.predict_many
+        if many is not None:
+            subjects = [self.subjects[i] for i in rows]
+            values = np.asarray(
+                many(subjects, {name: phi[:, :, p] for p, name in enumerate(self.param_names)}), dtype=float
+            )
+            width = max(s.n_obs for s in subjects)
+            if values.ndim != 3 or values.shape[:2] != (m_count, k_count) or values.shape[2] < width:
+                raise EstimationError(
+                    f"predict_many returned shape {values.shape}, expected ({m_count}, {k_count}, L) with "
+                    f"L >= {width} (the largest number of observation records of the subjects)"
+                )
+            out[:, :, :width] = values[:, :, :width]
+            return out
         batch = self.problem.predict_batch
         single = self.problem.predict
         for m, i in enumerate(rows):
@@ -261,7 +316,6 @@ class PopulationObjective:
                     "(one prediction per observation record of the subject)"
                 )
             out[m, :, :n] = values
-        self.n_predict_calls += len(rows)
         return out
 
     # ---- one objective evaluation -------------------------------------------------------------
@@ -525,6 +579,8 @@ class _Outer:
         self._x: np.ndarray | None = None
         self._value = math.inf
         self.best = (math.inf, None, None)
+        self._gradient: tuple[np.ndarray, np.ndarray] | None = None  # (x, gradient) of the last jac
+        self.curvature: np.ndarray | None = None  # ∂²OFV/∂x_k² from the last jac's stencil
 
     def _eval(self, x: np.ndarray, eta_start: np.ndarray) -> ObjectiveValue:
         theta, omega, sigma = self.engine.space.from_x(x)
@@ -542,11 +598,14 @@ class _Outer:
         return value.ofv
 
     def jac(self, x: np.ndarray) -> np.ndarray:
+        if self._gradient is not None and np.array_equal(x, self._gradient[0]):
+            return self._gradient[1].copy()
         if self._x is None or not np.array_equal(x, self._x):
             self.fun(x)
         base = self._value
         eta = self.eta.copy()
         grad = np.zeros(x.size)
+        curvature = np.full(x.size, np.nan)
         for k in range(x.size):
             h = self.step * max(1.0, abs(x[k]))
             xp = np.array(x, dtype=float)
@@ -557,11 +616,34 @@ class _Outer:
             fm = self._eval(xm, eta).ofv
             if math.isfinite(fp) and math.isfinite(fm):
                 grad[k] = (fp - fm) / (2.0 * h)
+                curvature[k] = (fp + fm - 2.0 * base) / (h * h)
             elif math.isfinite(fp):
                 grad[k] = (fp - base) / h
             elif math.isfinite(fm):
                 grad[k] = (base - fm) / h
+        self._gradient = (np.array(x, dtype=float), grad.copy())
+        self.curvature = curvature
         return grad
+
+    def minimize(self, x0: np.ndarray, gtol: float, max_iterations: int):
+        """BFGS from ``x0``, its inverse Hessian started at the diagonal curvature of the first gradient.
+
+        The central differences of the first gradient give ``∂²OFV/∂x_k²`` at no extra cost; starting
+        BFGS from ``diag(1/∂²OFV/∂x_k²)`` instead of the identity makes its first steps Newton-like in
+        each coordinate (the OFV's curvatures differ by orders of magnitude between θ, Ω and σ), which
+        saves iterations; the optimum and the convergence test are unchanged.
+        """
+        self.jac(x0)
+        curvature = self.curvature if self.curvature is not None else np.full(x0.size, np.nan)
+        usable = np.isfinite(curvature) & (curvature > 0)
+        start = np.diag(np.where(usable, 1.0 / np.where(usable, curvature, 1.0), 1.0))
+        return minimize(
+            self.fun,
+            x0,
+            jac=self.jac,
+            method="BFGS",
+            options={"gtol": gtol, "maxiter": max_iterations, "hess_inv0": start},
+        )
 
 
 def fit_population(
@@ -621,6 +703,18 @@ def fit_population(
     >>> result.converged, round(float(result.theta["B"]), 2)
     (True, 10.1)
     """
+    with threadpool_limits(1):  # multi-threaded BLAS is many times slower on these tiny matrices
+        return _fit_population(problem, method, covariance, gtol, max_iterations, fo_start)
+
+
+def _fit_population(
+    problem: PopulationProblem,
+    method: str,
+    covariance: bool,
+    gtol: float,
+    max_iterations: int,
+    fo_start: bool,
+) -> PopulationResult:
     started = time.perf_counter()
     engine = PopulationObjective(problem, method)
     space = engine.space
@@ -639,21 +733,17 @@ def fit_population(
             messages.append("fo_start skipped: FO cannot use BLQ observations")
         else:
             fo_engine = PopulationObjective(problem, "fo")
-            fo_outer = _Outer(fo_engine, 1e-4)
-            fo = minimize(
-                fo_outer.fun, x0, jac=fo_outer.jac, method="BFGS", options={"gtol": 1e-2, "maxiter": 200}
-            )
+            fo_outer = _Outer(fo_engine, _OUTER_STEP)
+            fo = fo_outer.minimize(x0, 1e-2, 200)
             fo_x = fo_outer.best[1] if fo_outer.best[1] is not None else fo.x
             th, om, sg = space.from_x(fo_x)
             value, _, _ = engine.evaluate(th, om, sg)
             if math.isfinite(value.ofv) and value.ofv < start_value.ofv:
                 x0 = fo_x
                 messages.append(f"started from FO estimates (FO OFV {fo_outer.best[0]:.4f})")
-    outer = _Outer(engine, 1e-4)
+    outer = _Outer(engine, _OUTER_STEP)
     if x0.size:
-        opt = minimize(
-            outer.fun, x0, jac=outer.jac, method="BFGS", options={"gtol": gtol, "maxiter": max_iterations}
-        )
+        opt = outer.minimize(x0, gtol, max_iterations)
         x_best = outer.best[1] if outer.best[1] is not None else opt.x
         eta_best = outer.best[2] if outer.best[2] is not None else outer.eta
         final_grad = opt.jac if np.array_equal(x_best, opt.x) and opt.jac is not None else outer.jac(x_best)

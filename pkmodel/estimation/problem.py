@@ -10,7 +10,8 @@ Nothing here knows about compartments, doses or files.  A caller describes
 * the random-effect covariance (:class:`OmegaBlock`) and the residual error of each output
   (:class:`ResidualError`);
 * a prediction function ``predict(subject, params) -> ndarray (n_obs,)`` and, optionally, a batched one
-  ``predict_batch(subject, params_with_arrays) -> ndarray (k, n_obs)``.
+  ``predict_batch(subject, params_with_arrays) -> ndarray (k, n_obs)`` and one for many subjects at once,
+  ``predict_many(subjects, params_with_arrays) -> ndarray (M, k, L)``.
 
 All objects are frozen and check themselves on construction; bad input raises
 :class:`pkmodel.errors.EstimationError` naming the item, the rule and the fix.
@@ -498,6 +499,12 @@ class PopulationProblem:
         ``predict_batch(subject, params: dict[str, ndarray (k,)]) -> ndarray (k, n_obs)``: k parameter sets
         at once (much faster: the engine evaluates finite-difference stencils in one call).  At least one
         of ``predict`` and ``predict_batch`` is required.
+    predict_many : callable, optional
+        ``predict_many(subjects, params: dict[str, ndarray (M, K)]) -> ndarray (M, K, L)``: K parameter
+        sets for each of M subjects at once, ``L >= max n_obs`` (entries past a subject's ``n_obs`` are
+        ignored).  When given, the population engine uses it for every prediction (one call per
+        estimation step instead of one per subject); :class:`pkmodel.fitting.FitProblem` provides it
+        for linear models.  It must agree with ``predict_batch``/``predict``.
 
     Raises
     ------
@@ -525,6 +532,7 @@ class PopulationProblem:
     residual: Sequence[ResidualError]
     predict: Callable[[Subject, dict[str, float]], np.ndarray] | None = None
     predict_batch: Callable[[Subject, dict[str, np.ndarray]], np.ndarray] | None = None
+    predict_many: Callable[[Sequence[Subject], dict[str, np.ndarray]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         subjects = tuple(self.subjects)

@@ -6,12 +6,18 @@ the regimen, the sorted distinct observation times, where each observation sits 
 output arrays, the model covariates and the body weight.  A prediction for ``k`` parameter sets is one
 call of :func:`pkmodel.simulate` with ``k`` simulated subjects (the exact engine then batches the
 matrix exponentials of all ``k`` sets).
+
+For a linear model (and ``engine`` "auto" or "exact") each subject also gets its fixed dose and
+observation design (:mod:`pkmodel.estimation._linear`), and :meth:`FitProblem.predict_many` computes all
+subjects × parameter sets of an estimation step in one vectorised modal evaluation, with the same
+results as the exact engine; the few parameter sets whose eigenvectors are ill-conditioned go through
+:func:`pkmodel.simulate` as before.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +35,7 @@ from pkmodel.estimation import (
     Subject,
     Theta,
 )
+from pkmodel.estimation._linear import ModalPredictor, SubjectDesign, design_or_none
 from pkmodel.fitting._spec import DEFAULT_OMEGA, FitSpec
 from pkmodel.simulation import simulate
 
@@ -47,6 +54,8 @@ class _SubjectData:
     n_obs: int
     dvid: np.ndarray  # (n_obs,) DVID as in the dataset
     rows: np.ndarray  # (n_obs,) dataset line numbers
+    arguments: np.ndarray | None = None  # (n_args,) model arguments before the listed parameters
+    design: SubjectDesign | None = None  # fixed time structure for the modal predictor (linear models)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +80,8 @@ class FitProblem:
         What was left out of the fit and why (subjects without observations, BLQ records dropped).
     n_simulate_calls : list of int
         A one-element counter of :func:`pkmodel.simulate` calls (for benchmarks).
+    n_fast_predictions : list of int
+        A one-element counter of parameter sets predicted by the modal path (:meth:`predict_many`).
     """
 
     spec: FitSpec
@@ -86,6 +97,69 @@ class FitProblem:
     _lower: np.ndarray = field(repr=False)
     _upper: np.ndarray = field(repr=False)
     n_simulate_calls: list = field(default_factory=lambda: [0], repr=False)
+    n_fast_predictions: list = field(default_factory=lambda: [0], repr=False)
+    _modal: ModalPredictor | None = field(default=None, repr=False)
+    _argument_index: np.ndarray | None = field(default=None, repr=False)
+
+    def predict_many(self, subjects: Sequence[Subject], params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Predictions of ``M`` subjects, each for ``K`` parameter sets, shape (M, K, max n_obs).
+
+        Linear models use one vectorised modal evaluation for all subjects and sets (see
+        :mod:`pkmodel.estimation._linear`); parameter sets it does not trust (ill-conditioned
+        eigenvectors, singular steady state) and nonlinear models use :meth:`predict_batch`.
+
+        Parameters
+        ----------
+        subjects : sequence of Subject
+            Estimation subjects of this problem.
+        params : mapping of str to ndarray, shape (M, K)
+            Individual values of the listed model parameters, one row per subject.
+
+        Returns
+        -------
+        ndarray, shape (M, K, L)
+            ``L`` is the largest ``n_obs`` of ``subjects``; entries past a subject's ``n_obs`` are 1.0.
+            NaN marks a parameter set outside the model's bounds or one whose simulation fails.
+        """
+        m_count = len(subjects)
+        values = [np.asarray(params[name], dtype=float) for name in self._listed]
+        k_count = values[0].shape[1] if values else 1
+        stacked = np.empty((m_count, k_count, len(values)))
+        for i, v in enumerate(values):
+            stacked[:, :, i] = v
+        lower, upper = self._lower[:, 0], self._upper[:, 0]
+        ok = np.all(np.isfinite(stacked) & (stacked >= lower) & (stacked <= upper), axis=2)
+        width = max(s.n_obs for s in subjects)
+        out = np.ones((m_count, k_count, width))
+        slow = np.ones((m_count, k_count), dtype=bool)
+        fast = [m for m, s in enumerate(subjects) if s.data.design is not None] if self._modal else []
+        if fast:
+            assert self._modal is not None and self._argument_index is not None
+            sub = [subjects[m] for m in fast]
+            asm = self._modal.assembly(tuple(s.id for s in sub), [s.data.design for s in sub])
+            base = np.stack([s.data.arguments for s in sub])  # (Mf, n_args)
+            args = np.repeat(base[:, None, :], k_count, axis=1)
+            good = ok[fast]
+            # sets outside the bounds are computed at the model's values and then discarded
+            args[:, :, self._argument_index] = np.where(
+                good[:, :, None], stacked[fast], args[:, :, self._argument_index]
+            )
+            outputs, done = self._modal.outputs(asm, args)
+            block = np.ones((len(fast), k_count, width))
+            block[asm.o_subject, :, asm.o_column] = outputs[asm.o_output, asm.o_target, :]
+            out[fast] = block
+            slow[fast] = ~done
+            self.n_fast_predictions[0] += int(np.count_nonzero(done & good))
+        slow &= ok
+        for m in np.flatnonzero(slow.any(axis=1)):
+            ks = np.flatnonzero(slow[m])
+            subject = subjects[m]
+            batch = self.predict_batch(subject, {n: stacked[m, ks, i] for i, n in enumerate(self._listed)})
+            out[m, ks, : subject.n_obs] = batch
+        n_obs = np.array([s.n_obs for s in subjects])
+        columns = np.arange(width)[None, :] < n_obs[:, None]  # (M, L)
+        out[~ok[:, :, None] & columns[:, None, :]] = np.nan
+        return out
 
     def predict_batch(self, subject: Subject, params: Mapping[str, np.ndarray]) -> np.ndarray:
         """Predictions of ``k`` parameter sets for one subject, shape (k, n_obs).
@@ -172,8 +246,16 @@ def _spec_error(spec: FitSpec, key: str, message: str) -> SpecError:
 def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
     """DVID value → model output, checked against the DVIDs present in the data."""
     model = spec.model
-    present = list(dataset.outputs)
     obs = dataset.observations()
+    absent = [d for d in spec.exclude_dvid if d not in dataset.outputs]
+    if absent:
+        raise _spec_error(
+            spec,
+            "data.exclude_dvid",
+            f"DVID {absent[0]!r} is not in the dataset (its DVIDs: {', '.join(map(str, dataset.outputs))}); "
+            "remove it from the list",
+        )
+    present = [d for d in dataset.outputs if d not in spec.exclude_dvid]
     if spec.dvid is not None:
         unmapped = [d for d in present if d not in spec.dvid]
         if unmapped:
@@ -320,15 +402,29 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             )
 
     listed = tuple(p.name for p in spec.parameters)  # unlisted model parameters keep the model's value
+    # linear models with the exact engine: the modal predictor (same results, one vectorised call)
+    modal = ModalPredictor(model) if model.is_linear and spec.options.engine in ("auto", "exact") else None
+    defaults = {
+        **{k: p.value for k, p in model.parameters.items()},
+        **{k: c.value for k, c in model.covariates.items()},
+        **{k: i.default for k, i in model.inputs.items()},
+    }
+    base_arguments = np.array([float(defaults[name]) for name in model.argument_names])
     output_index = {o: i for i, o in enumerate(outputs)}
     log_outputs = {r.output for r in spec.residual if r.model == "log-additive"}
     subjects = []
     no_obs = []
     dropped_blq = dict.fromkeys(outputs, 0)
+    excluded = dict.fromkeys(spec.exclude_dvid, 0)
     for sid in dataset.ids:
         ds = dataset.subject(sid)
         obs = ds.observations
         records = ds.records
+        if excluded and len(obs):
+            leave_out = obs["DVID"].isin(spec.exclude_dvid).to_numpy()
+            for d, n in obs.loc[leave_out, "DVID"].value_counts().items():
+                excluded[d] += int(n)
+            obs = obs.loc[~leave_out].reset_index(drop=True)
         if spec.blq_method == "drop" and len(obs):
             for o, n in obs.loc[obs["BLQ"], "DVID"].map(dvid_map).value_counts().items():
                 dropped_blq[o] += int(n)
@@ -373,6 +469,14 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             else None
         )
         lloq = obs["LLOQ"].to_numpy(dtype=float)
+        arguments = design = None
+        if modal is not None:
+            arguments = base_arguments.copy()
+            for name, value in constants.items():
+                arguments[model.argument_names.index(name)] = value
+            dose_weight = weight if weight is not None else constants.get("WT")
+            obs_output = np.array([model.numeric.output_names.index(o) for o in out_names], dtype=int)
+            design = design_or_none(model, ds.regimen, unique, dose_weight, obs_output, inverse)
         data = _SubjectData(
             regimen=ds.regimen,
             times=unique,
@@ -382,6 +486,8 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             n_obs=len(obs),
             dvid=obs["DVID"].to_numpy(dtype=object),
             rows=obs["ROW"].to_numpy(),
+            arguments=arguments,
+            design=design,
         )
         subjects.append(
             Subject(
@@ -395,6 +501,8 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
                 data=data,
             )
         )
+    for d, n in excluded.items():
+        notes.append(f"{n} observation(s) of DVID {d} left out of the fit ([data] exclude_dvid)")
     if no_obs:
         notes.append(
             f"{len(no_obs)} subject(s) without observations are not in the fit (IDs "
@@ -454,6 +562,8 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
         _listed=listed,
         _lower=lower,
         _upper=upper,
+        _modal=modal,
+        _argument_index=np.array([model.argument_names.index(n) for n in listed], dtype=int),
     )
     if spec.method != "individual":
         problem = PopulationProblem(
@@ -463,6 +573,7 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             omega=_omega_blocks(spec),
             residual=residual,
             predict_batch=fp.predict_batch,
+            predict_many=fp.predict_many,
         )
         object.__setattr__(fp, "problem", problem)
     _check_initial_predictions(fp)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from pkmodel.errors import PkmodelError
 from pkmodel.estimation import (
@@ -90,7 +91,7 @@ class FitRun:
         Dataset, subjects and the prediction function.
     result : PopulationResult or dict of ID to IndividualResult
         The population result, or one individual result per subject (``method = "individual"``).
-    status : {"success", "covariance-failed", "no-covariance", "not-converged"}
+    status : {"success", "at-bound", "covariance-failed", "no-covariance", "not-converged"}
         ``"success"`` only when the estimation converged *and* the covariance step succeeded.
     status_message : str
         The status in words, with the reason when it is not a success.
@@ -462,9 +463,61 @@ def check_target(target: Path, force: bool) -> None:
         )
 
 
+_BOUND_RTOL = 1e-4  # an estimate this close to a bound (relative to the bounds' span or scale) is "at" it
+
+
+def _bound_hit(name: str, value: float, lower: float, upper: float, scale: float) -> str | None:
+    """``"CL at its upper bound 0.8"`` when ``value`` sits on a finite bound, else None."""
+    if not math.isfinite(value):
+        return None
+    span = upper - lower if math.isfinite(lower) and math.isfinite(upper) else max(abs(scale), 1e-300)
+    for side, bound in (("lower", lower), ("upper", upper)):
+        if math.isfinite(bound) and abs(value - bound) <= _BOUND_RTOL * span:
+            return f"{name} at its {side} bound {bound:g}"
+    return None
+
+
+def _estimates_at_bounds(fp: FitProblem, result: Any) -> list[str]:
+    """Estimated (not fixed) parameters that ended on one of their bounds, named with the bound."""
+    hits: list[str] = []
+    if fp.spec.method == "individual":
+        by_parameter: dict[str, list[Any]] = {}
+        for sid, res in result.items():
+            for p in fp.spec.parameters:
+                if p.fixed:
+                    continue
+                hit = _bound_hit(p.name, float(res.estimates[p.name]), p.lower, p.upper, p.theta)
+                if hit is not None:
+                    by_parameter.setdefault(hit, []).append(sid)
+        return [f"{hit} (ID {', '.join(map(str, ids))})" for hit, ids in by_parameter.items()]
+    for t in fp.thetas:
+        if t.fixed:
+            continue
+        hit = _bound_hit(t.name, float(result.theta[t.name]), t.lower, t.upper, t.initial)
+        if hit is not None:
+            hits.append(hit)
+    return hits
+
+
+def _with_bound_report(status: str, message: str, hits: list[str]) -> tuple[str, str]:
+    """Name the estimates on a bound in the status message; such a fit is never a plain success."""
+    if not hits:
+        return status, message
+    if status == "success":
+        status = "at-bound"
+    return status, (
+        f"{message}; estimate(s) on a bound: {'; '.join(hits)} — the data do not support a value inside the "
+        "bounds: widen the bound in the spec if it is not a physical limit, fix the parameter, or simplify "
+        "the model"
+    )
+
+
 def _status(converged: bool, covariance: bool, covariance_ok: bool, covariance_message: str, message: str):
     if not converged:
-        return "not-converged", f"estimation did NOT converge: {message}"
+        return "not-converged", (
+            f"estimation did NOT converge: {message}; raise options.max_iterations, start nearer the "
+            "estimates (initial values in the spec), or check that the data identify every estimated parameter"
+        )
     if not covariance:
         return "no-covariance", "converged; covariance step not run (options.covariance = false): no SEs"
     if not covariance_ok:
@@ -550,35 +603,41 @@ def run_fit(
     spec = load_fit_spec(spec_path)
     if out_dir is not None:
         check_target(Path(out_dir).absolute(), force)
-    fp = build_problem(spec)
-    started = time.perf_counter()
-    if spec.method == "individual":
-        results = _fit_individuals(fp)
-        elapsed = time.perf_counter() - started
-        failed = [sid for sid, r in results.items() if not r.converged]
-        cov_failed = [sid for sid, r in results.items() if not r.covariance_ok]
-        status, message = _status(
-            not failed,
-            spec.options.covariance,
-            not cov_failed,
-            f"covariance step failed for ID(s) {', '.join(map(str, cov_failed))}",
-            f"ID(s) {', '.join(map(str, failed))} did not converge",
-        )
-        result: Any = results
-    else:
-        opts = spec.options
-        result = fit_population(
-            fp.problem,
-            method=spec.method,
-            covariance=opts.covariance,
-            gtol=opts.gtol,
-            max_iterations=opts.max_iterations,
-            fo_start=opts.fo_start,
-        )
-        elapsed = time.perf_counter() - started
-        status, message = _status(
-            result.converged, opts.covariance, result.covariance_ok, result.covariance_message, result.message
-        )
+    with threadpool_limits(1):  # multi-threaded BLAS only slows these tiny matrices down
+        fp = build_problem(spec)
+        started = time.perf_counter()
+        if spec.method == "individual":
+            results = _fit_individuals(fp)
+            elapsed = time.perf_counter() - started
+            failed = [sid for sid, r in results.items() if not r.converged]
+            cov_failed = [sid for sid, r in results.items() if not r.covariance_ok]
+            status, message = _status(
+                not failed,
+                spec.options.covariance,
+                not cov_failed,
+                f"covariance step failed for ID(s) {', '.join(map(str, cov_failed))}",
+                f"ID(s) {', '.join(map(str, failed))} did not converge",
+            )
+            result: Any = results
+        else:
+            opts = spec.options
+            result = fit_population(
+                fp.problem,
+                method=spec.method,
+                covariance=opts.covariance,
+                gtol=opts.gtol,
+                max_iterations=opts.max_iterations,
+                fo_start=opts.fo_start,
+            )
+            elapsed = time.perf_counter() - started
+            status, message = _status(
+                result.converged,
+                opts.covariance,
+                result.covariance_ok,
+                result.covariance_message,
+                result.message,
+            )
+    status, message = _with_bound_report(status, message, _estimates_at_bounds(fp, result))
     run = FitRun(
         spec=spec,
         fit_problem=fp,
