@@ -925,8 +925,7 @@ def _frame_from_file(
         body = arr[np.repeat(good, lengths)].tobytes()
     if not body.endswith(b"\n"):
         body += b"\n"
-    frame = pd.read_csv(
-        io.BytesIO(body),
+    options = dict(
         sep=delimiter,
         header=None,
         names=columns,
@@ -939,6 +938,12 @@ def _frame_from_file(
         encoding="utf-8",
         quotechar='"',
     )
+    frame = pd.read_csv(io.BytesIO(body), **options)
+    logical = [name for name in frame.columns if pd.api.types.is_bool_dtype(frame[name].dtype)]
+    if logical:
+        # pandas reads a column of only True/False text as booleans, which would become 1/0 silently:
+        # read those columns as text, so that 'True' is reported as not a number like any other word
+        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(logical, str), **options)
     rows = np.flatnonzero(good) + 1
     if len(frame) != len(rows):  # pragma: no cover - guarded by the quote check above
         problems.add("unreadable", "the rows could not be matched with the file's lines; check quoting")
@@ -1852,9 +1857,19 @@ class _Checker:
                 "BLQ": self.blq,
             }
         )
-        for name in self.covariate_names:
-            col = self.cols[name]
-            records[name] = col.number if col.text is None else pd.Series(col.text, dtype=object)
+        if self.covariate_names:
+            # joined at once: inserting columns one by one fragments the frame (a pandas
+            # PerformanceWarning from about 100 covariate columns on, and quadratic time)
+            covariates = pd.DataFrame(
+                {
+                    name: self.cols[name].number
+                    if self.cols[name].text is None
+                    else pd.Series(self.cols[name].text, dtype=object)
+                    for name in self.covariate_names
+                },
+                index=records.index,
+            )
+            records = pd.concat([records, covariates], axis=1)
         return records
 
     def _report(self) -> DatasetReport:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
+import warnings
 from collections.abc import Mapping
 from fractions import Fraction
 
@@ -93,6 +94,7 @@ class _Walker:
         caret_shift: list[int],
     ):
         self.text = text
+        self.source = text.replace("^", "**").strip()
         self.names = names
         self.units = units
         self.caret_shift = caret_shift
@@ -149,7 +151,41 @@ class _Walker:
             if label is None:
                 label = f"'{type(node).__name__}' syntax"
             raise self.fail(f"{label} not allowed in model expressions; {_GRAMMAR}", node)
-        return method(node, depth + 1)
+        value, unit = method(node, depth + 1)
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Call)):
+            self.check_constant(value, node)
+        return value, unit
+
+    def check_constant(self, value: sympy.Basic, node: ast.AST) -> None:
+        """Refuse a constant sub-expression that is not a finite real number of moderate size.
+
+        Every operand was checked before (literals and constant sub-expressions have ``|x| <= 1e100``), so
+        the evaluation below is of one operation on bounded numbers: ``exp(1000)``, ``1e100*1e100``,
+        ``log(0)`` or ``sqrt(-1)`` are caught here, where the operation is, before a model can carry an
+        infinite, complex or overflowing constant into the numerics.
+        """
+        if not isinstance(value, sympy.Expr) or value.free_symbols:
+            return
+        if value.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
+            number = complex("nan")
+        else:
+            try:
+                number = complex(value.evalf(20))
+            except (TypeError, ValueError, OverflowError):
+                number = complex("nan")
+        text = ast.get_source_segment(self.source, node) or str(value)
+        if not (math.isfinite(number.real) and math.isfinite(number.imag)) or abs(number) > MAX_LITERAL:
+            raise self.fail(
+                f"the constant {text} is not a finite number within |x| <= {MAX_LITERAL:g} "
+                "(it overflows, divides by zero or takes the log of 0); fix the formula",
+                node,
+            )
+        if number.imag != 0:
+            raise self.fail(
+                f"the constant {text} is not a real number (a square root or power of a negative number); "
+                "fix the formula",
+                node,
+            )
 
     def visit_Expression(self, node: ast.Expression, depth: int):
         return self.walk(node.body, depth)
@@ -187,6 +223,8 @@ class _Walker:
 
     def visit_UnaryOp(self, node: ast.UnaryOp, depth: int):
         value, unit = self.walk(node.operand, depth)
+        if not isinstance(node.op, ast.Not):
+            _as_number(self, value, node.operand)
         if isinstance(node.op, ast.USub):
             return -value, unit
         if isinstance(node.op, ast.UAdd):
@@ -198,6 +236,8 @@ class _Walker:
     def visit_BinOp(self, node: ast.BinOp, depth: int):
         left, lu = self.walk(node.left, depth)
         right, ru = self.walk(node.right, depth)
+        _as_number(self, left, node.left)
+        _as_number(self, right, node.right)
         op = node.op
         if isinstance(op, (ast.Add, ast.Sub)):
             unit = self.same("a sum", node, lu, ru)
@@ -259,6 +299,8 @@ class _Walker:
         if node.keywords:
             raise self.fail(f"keyword arguments are not allowed in {name}()", node)
         args = [self.walk(a, depth) for a in node.args]
+        for (value, _), arg in zip(args, node.args, strict=True):
+            _as_number(self, value, arg)
         if name in ("min", "max"):
             if len(args) < 2:
                 raise self.fail(f"{name}() needs at least two arguments", node)
@@ -284,9 +326,6 @@ class _Walker:
             raise self.fail(
                 "chained comparisons (a < b < c) are not allowed; write (a < b) and (b < c)", node
             )
-        left, lu = self.walk(node.left, depth)
-        right, ru = self.walk(node.comparators[0], depth)
-        self.same("a comparison", node, lu, ru)
         ops = {
             ast.Lt: sympy.StrictLessThan,
             ast.LtE: sympy.LessThan,
@@ -297,7 +336,14 @@ class _Walker:
         }
         op = ops.get(type(node.ops[0]))  # type: ignore[call-overload]
         if op is None:
-            raise self.fail(f"the comparison '{type(node.ops[0]).__name__}' is not allowed", node)
+            raise self.fail(
+                f"the comparison '{type(node.ops[0]).__name__}' is not allowed; use < <= > >= == !=", node
+            )
+        left, lu = self.walk(node.left, depth)
+        right, ru = self.walk(node.comparators[0], depth)
+        _as_number(self, left, node.left)
+        _as_number(self, right, node.comparators[0])
+        self.same("a comparison", node, lu, ru)
         return op(left, right), DIMENSIONLESS
 
     def visit_BoolOp(self, node: ast.BoolOp, depth: int):
@@ -310,6 +356,8 @@ class _Walker:
         cond = _as_condition(self, cond, node.test)
         a, au = self.walk(node.body, depth)
         b, bu = self.walk(node.orelse, depth)
+        _as_number(self, a, node.body)
+        _as_number(self, b, node.orelse)
         unit = self.same("the two branches of 'A if C else B'", node, au, bu)
         return sympy.Piecewise((a, cond), (b, True)), unit
 
@@ -331,6 +379,21 @@ def _as_condition(walker: _Walker, value, node):
     ):
         return value
     raise walker.fail("a condition must be a comparison (e.g. APGR < 5) or and/or/not of comparisons", node)
+
+
+def _as_number(walker: _Walker, value, node):
+    if isinstance(
+        value,
+        (
+            sympy.core.relational.Relational,
+            sympy.logic.boolalg.BooleanFunction,
+            sympy.logic.boolalg.BooleanAtom,
+        ),
+    ):
+        raise walker.fail(
+            "a comparison (true or false) is not a number; write a switch as 'A if CONDITION else B'", node
+        )
+    return value
 
 
 def _mul(a: Unit | None, b: Unit | None) -> Unit | None:
@@ -355,12 +418,23 @@ def _prepare(text: str) -> tuple[ast.Expression, list[int]]:
             f"expression is longer than {MAX_LENGTH} characters; split it into derived quantities",
             text[:80] + "...",
         )
+    odd = next((i for i, ch in enumerate(text) if not ch.isascii()), None)
+    if odd is not None:
+        raise ExpressionError(
+            f"the character {text[odd]!r} (U+{ord(text[odd]):04X}) is not allowed: expressions are ASCII "
+            "(names are letters, digits and _; write * for ×, - for −)",
+            text,
+            odd,
+        )
     shifts = [i for i, ch in enumerate(text) if ch == "^"]
     source = text.replace("^", "**")
     # positions in `source` where a '^' became '**' (used to map carets back to the text)
     caret_shift = [p + k for k, p in enumerate(shifts)]
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        with warnings.catch_warnings():
+            # '1if x else y' is a SyntaxWarning (an error in later Pythons): refuse it, whatever the filters
+            warnings.simplefilter("error", SyntaxWarning)
+            tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         col = (exc.offset or 1) - 1
         col -= sum(1 for p in caret_shift if p < col)
@@ -415,6 +489,19 @@ def parse_expression_with_unit(
         ) from None
     except UnitError as exc:
         raise ExpressionError(str(exc), text) from None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+        # a combination sympy itself refuses; the contract is: the grammar's formula or ExpressionError
+        raise ExpressionError(f"cannot be turned into a formula ({exc}); {_GRAMMAR}", text) from None
+    # sympy folds constants across operations ((1e100*CL)*1e100 becomes 1e200*CL): check the result too
+    for atom in expr.atoms(sympy.Number):
+        if not (atom.is_real and atom.is_finite) or abs(float(atom)) > MAX_LITERAL:
+            raise ExpressionError(
+                f"the expression folds its numbers into the constant {atom}, which is not a finite number "
+                f"within |x| <= {MAX_LITERAL:g}; fix the formula",
+                text,
+            )
+    if expr.has(sympy.zoo, sympy.nan, sympy.I):
+        raise ExpressionError("the expression has an infinite or complex constant; fix the formula", text)
     return expr, unit
 
 

@@ -52,7 +52,7 @@ __all__ = [
     "models_dir",
 ]
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # used with fullmatch: '$' would accept a trailing newline
 _RESERVED = {"t", "sum", *ALLOWED_FUNCTIONS, "pi", "e", "inf", "nan"}
 _TOP_KEYS = {
     "model",
@@ -221,11 +221,24 @@ def _resolve_path(source: str | Path) -> Path:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read()
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise ModelFileError(
+                "starts with a byte-order mark (BOM), which TOML does not allow; save the file as UTF-8 "
+                "without BOM",
+                file=str(path),
+            )
+        return tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ModelFileError(f"not valid TOML: {exc}", file=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"not UTF-8 text: {exc}", file=str(path)) from None
+    except RecursionError:
+        raise ModelFileError(
+            "not valid TOML: arrays or tables are nested too deeply to read", file=str(path)
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ModelFileError(f"not valid TOML: {exc}", file=str(path)) from None
     except OSError as exc:
         raise ModelFileError(f"cannot read: {exc}", file=str(path)) from None
 
@@ -280,10 +293,18 @@ def _check_keys(table: Any, allowed: set[str], required: set[str], where: str, f
     return table
 
 
-def _number(value: Any, where: str, file: str, what: str = "value") -> float:
+def _number(value: Any, where: str, file: str, what: str = "value", finite: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelFileError(f"{what} must be a number, got {value!r}", file, where)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ModelFileError(
+            f"{what} must be a finite number, got an integer of {len(str(abs(value)))} digits", file, where
+        ) from None
+    if finite and not math.isfinite(number):
+        raise ModelFileError(f"{what} must be finite, got {number!r}", file, where)
+    return number
 
 
 def _text(value: Any, where: str, file: str, what: str) -> str:
@@ -444,7 +465,7 @@ class Model:
         seen: dict[str, str] = {}
 
         def declare(name: str, where: str) -> None:
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
                 raise ModelFileError(
                     f"'{name}' is not a valid name: use letters, digits and _, starting with a letter",
                     file,
@@ -508,7 +529,10 @@ class Model:
             _check_keys(body, {"value", "unit", "description"}, {"value", "unit"}, where, file)
             _unit(body["unit"], where, file)
             self.covariates[name] = Covariate(
-                name, _number(body["value"], where, file), body["unit"], str(body.get("description", ""))
+                name,
+                _number(body["value"], where, file, finite=True),
+                body["unit"],
+                str(body.get("description", "")),
             )
 
         self.inputs: dict[str, Input] = {}
@@ -520,7 +544,7 @@ class Model:
             self.inputs[name] = Input(
                 name,
                 body["unit"],
-                _number(body.get("default", 0.0), where, file),
+                _number(body.get("default", 0.0), where, file, "default", finite=True),
                 str(body.get("description", "")),
             )
 
@@ -531,11 +555,13 @@ class Model:
             _check_keys(body, {"unit", "dose", "molar_mass", "initial", "description"}, {"unit"}, where, file)
             _unit(body["unit"], where, file)
             mm = body.get("molar_mass")
-            if mm is not None and not (_number(mm, where + ".molar_mass", file) > 0):
+            if mm is not None and not (
+                _number(mm, where + ".molar_mass", file, "molar_mass", finite=True) > 0
+            ):
                 raise ModelFileError("molar_mass (g/mol) must be > 0", file, where + ".molar_mass")
             init = body.get("initial", "0")
             if isinstance(init, (int, float)) and not isinstance(init, bool):
-                init = repr(float(init))
+                init = repr(_number(init, where + ".initial", file, "initial", finite=True))
             self.compartments[name] = Compartment(
                 name,
                 body["unit"],
@@ -608,13 +634,13 @@ class Model:
                         file,
                         where + ".produces",
                     )
-                if not _number(k, where + ".produces", file, "stoichiometry") > 0:
+                if not _number(k, where + ".produces", file, "stoichiometry", finite=True) > 0:
                     raise ModelFileError("stoichiometry must be > 0", file, where + ".produces")
             if src is None and dst is None and not produces:
                 raise ModelFileError("a flow needs 'from', 'to' or 'produces'", file, where)
             rate = body["rate"]
             if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-                rate = repr(float(rate))
+                rate = repr(_number(rate, where + ".rate", file, "rate", finite=True))
             out_flows.append(
                 Flow(
                     src,
@@ -987,6 +1013,70 @@ def _table(data: dict[str, Any], key: str, file: str) -> dict[str, Any]:
     return value
 
 
+_MAX_EXPANSION = 10_000  # more copies or sum terms than this would make an expression too long anyway
+
+
+def _check_expansion(body: Any, where: str) -> None:
+    """Refuse index ranges and ``sum{...}`` terms whose expansion would be enormous, before expanding.
+
+    Each range is at most 1000 long, but ``for = {a = "0..1000", b = "0..1000", c = "0..1000"}`` or three
+    nested sums would expand to 10^9 copies: the product is checked here, so a hostile file is refused at
+    once instead of exhausting memory.
+    """
+    if not isinstance(body, dict):
+        return
+    spec = body.get("for")
+    if isinstance(spec, dict):
+        copies = 1
+        for var, rng in spec.items():
+            copies *= len(_templates.parse_range(rng, f"{where}.for.{var}"))
+            if copies > _MAX_EXPANSION:
+                raise ModelFileError(
+                    f"the index ranges {spec} expand to more than {_MAX_EXPANSION} copies; use shorter ranges",
+                    key=where,
+                )
+    stack: list[Any] = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and _sum_terms(item) > _MAX_EXPANSION:
+            raise ModelFileError(
+                f"the sums in {item[:60]!r}... expand to more than {_MAX_EXPANSION} terms; use shorter or "
+                "fewer nested sum ranges",
+                key=where,
+            )
+
+
+def _sum_terms(text: str) -> int:
+    """Number of terms the ``sum{i=a..b}(...)`` of ``text`` expand to (nested sums multiply)."""
+    matches = list(_templates._SUM.finditer(text))
+    if not matches:
+        return 0
+    closing: dict[int, int] = {}
+    opened: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "(":
+            opened.append(i)
+        elif ch == ")" and opened:
+            closing[opened.pop()] = i
+    total = 0
+    enclosing: list[tuple[int, int]] = []  # (end of body, product of the ranges down to here)
+    for m in matches:
+        while enclosing and enclosing[-1][0] < m.start():
+            enclosing.pop()
+        n = max(int(m.group(3)) - int(m.group(2)) + 1, 0)
+        product = n * (enclosing[-1][1] if enclosing else 1)
+        total += product
+        if total > _MAX_EXPANSION:
+            return total
+        enclosing.append((closing.get(m.end() - 1, len(text)), product))
+    return total
+
+
 def _expand_templates(data: dict[str, Any], file: str) -> dict[str, Any]:
     out = dict(data)
     for section in ("parameters", "covariates", "derived", "compartments", "outputs", "inputs"):
@@ -996,9 +1086,14 @@ def _expand_templates(data: dict[str, Any], file: str) -> dict[str, Any]:
         expanded: dict[str, Any] = {}
         for name, body in table.items():
             try:
+                _check_expansion(body, f"{section}.{name}")
                 items = _templates.expand_table(name, body, f"{section}.{name}")
             except ModelFileError as exc:
                 raise ModelFileError(exc.message, file, exc.key or f"{section}.{name}") from None
+            except (ValueError, RecursionError) as exc:  # e.g. an index product of 5000 digits
+                raise ModelFileError(
+                    f"cannot expand the index placeholders: {exc}", file, f"{section}.{name}"
+                ) from None
             for new_name, new_body in items:
                 if new_name in expanded:
                     raise ModelFileError(
@@ -1011,8 +1106,13 @@ def _expand_templates(data: dict[str, Any], file: str) -> dict[str, Any]:
         new_flows = []
         for i, body in enumerate(flows):
             try:
+                _check_expansion(body, f"flows[{i}]")
                 new_flows.extend(_templates.expand_list_item(body, f"flows[{i}]"))
             except ModelFileError as exc:
                 raise ModelFileError(exc.message, file, exc.key or f"flows[{i}]") from None
+            except (ValueError, RecursionError) as exc:
+                raise ModelFileError(
+                    f"cannot expand the index placeholders: {exc}", file, f"flows[{i}]"
+                ) from None
         out["flows"] = new_flows
     return out

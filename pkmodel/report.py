@@ -233,7 +233,11 @@ def write_report(
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
-            os.replace(work, target)
+            try:
+                os.replace(work, target)
+            except BaseException:
+                os.replace(old, target)  # put the previous report back before reporting the failure
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(work, target)
