@@ -82,6 +82,7 @@ class CompiledModel:
         ]
         self._jac = _VectorFunction(self._args, [jac[i, j] for i, j in self._jac_index])
         self._outputs = _VectorFunction(self._args, [model.output_exprs[o] for o in self.output_names])
+        self._selected: dict[tuple[str, ...], _VectorFunction] = {}
         self._initial = _VectorFunction(arguments, [model.initial_exprs[s] for s in self.state_names])
         self.is_linear = model.is_linear
         if self.is_linear:
@@ -105,9 +106,24 @@ class CompiledModel:
             out[i, j] = vals[k]
         return out
 
-    def outputs(self, t, x, p) -> np.ndarray:
-        """Outputs in their declared units, shape ``(n_outputs, *batch)``."""
-        return self._outputs(t, *x, *p)
+    def outputs(self, t, x, p, names: tuple[str, ...] | None = None) -> np.ndarray:
+        """Outputs in their declared units, shape ``(n_outputs, *batch)``.
+
+        ``names``: only these outputs, in this order (default all, in :attr:`output_names` order);
+        each distinct selection is compiled once.
+        """
+        if names is None or tuple(names) == self.output_names:
+            return self._outputs(t, *x, *p)
+        names = tuple(names)
+        func = self._selected.get(names)
+        if func is None:
+            unknown = [n for n in names if n not in self.model.output_exprs]
+            if unknown:
+                raise KeyError(unknown[0])
+            func = self._selected[names] = _VectorFunction(
+                self._args, [self.model.output_exprs[n] for n in names]
+            )
+        return func(t, *x, *p)
 
     def initial(self, p) -> np.ndarray:
         """Initial amounts, shape ``(n_states, *batch)``."""

@@ -40,7 +40,7 @@ import scipy.linalg
 import scipy.sparse
 from scipy.integrate import solve_ivp
 
-from ._hybrid import linear_subsystem, run_hybrid
+from ._hybrid import Extremes, linear_subsystem, run_hybrid
 from .dosing import Infusion, Regimen
 from .errors import PkmodelError, SimulationError
 from .model import Model
@@ -66,7 +66,8 @@ class SimulationResult:
     outputs : dict of str to ndarray, shape (n_times, n_subjects)
         Each output in its declared unit.
     states : ndarray, shape (n_times, n_subjects, n_states)
-        Compartment amounts in their units.
+        Compartment amounts in their units (``(n_times, n_subjects, 0)`` when simulated with
+        ``keep_states=False``).
     units : dict of str to str
         Unit of every output and state.
     state_names : tuple of str
@@ -98,6 +99,10 @@ class SimulationResult:
         if name in self.outputs:
             return self.outputs[name]
         if name in self.state_names:
+            if self.states.shape[2] == 0:
+                raise SimulationError(
+                    f"'{name}' is a state and the amounts were not kept: simulate(..., keep_states=True)"
+                )
             return self.states[:, :, self.state_names.index(name)]
         raise SimulationError(f"no output or state named '{name}'; outputs: {', '.join(self.outputs)}")
 
@@ -222,9 +227,9 @@ def _subject_arguments(model: Model, parameters, weight) -> tuple[np.ndarray, np
         wt = np.broadcast_to(wt, (ns,)).copy()
     elif "WT" in table:
         wt = np.broadcast_to(table["WT"], (ns,)).copy()
-    elif "WT" in model.covariates:
-        wt = p[names.index("WT")].copy()
     else:
+        # never the model's reference WT for mg/kg doses: a dose must not silently assume 70 kg
+        # (_plan raises if the regimen has mg/kg doses; the covariate effects keep the reference value)
         wt = None
     if wt is not None and (not np.all(np.isfinite(wt)) or np.any(wt <= 0)):
         raise SimulationError("body weight must be a positive number of kg")
@@ -253,7 +258,7 @@ def _plan(model: Model, regimen: Regimen, weight: np.ndarray | None) -> _Plan:
         if event.unit == "mg/kg" and weight is None:
             raise SimulationError(
                 f"the regimen doses {event.amount:g} mg/kg but no body weight was given: "
-                "pass weight= or a WT parameter column"
+                "pass weight= (kg) or a WT parameter column (the model's reference weight is never used for doses)"
             )
         try:
             amount = np.asarray(model.dose_amount(event.amount, event.unit, cmt, weight), dtype=float)
@@ -605,6 +610,8 @@ def simulate(
     method: str = "BDF",
     rtol: float = 1e-8,
     atol: float = 1e-10,
+    outputs: Sequence[str] | None = None,
+    keep_states: bool = True,
 ) -> SimulationResult:
     """Simulate a model under a regimen for one or many subjects.
 
@@ -635,6 +642,15 @@ def simulate(
         ``"Radau"`` (implicit Runge–Kutta; use it for very tight tolerances, rtol < 1e-10) or ``"LSODA"``.
     rtol, atol : float
         ODE tolerances.
+    outputs : sequence of str, optional
+        Compute only these outputs (default all); ``result.outputs`` then holds only them.
+    keep_states : bool
+        Keep the amounts of every state (``result.states``, n_times × n_subjects × n_states doubles:
+        0.84 MB per subject for 26 states at 4033 times).  With False, ``result.states`` has shape
+        ``(n_times, n_subjects, 0)`` and the hybrid engine never forms the state array: for large
+        populations pass the outputs you need and ``keep_states=False`` (several times faster, and
+        memory O(n_times · n_subjects · n_outputs)).  The negative-amount check (``result.warnings``)
+        then looks at the nonlinear states at every solver step and the linear ones at every event.
 
     Returns
     -------
@@ -644,7 +660,7 @@ def simulate(
     ------
     SimulationError
         Unknown parameter names, values outside bounds, bad times, a mg/kg dose without weight,
-        the exact engine asked for a nonlinear model, or a solver failure.
+        the exact engine asked for a nonlinear model, an unknown output name, or a solver failure.
 
     Examples
     --------
@@ -653,6 +669,9 @@ def simulate(
     >>> r = simulate(m, q3w(10, cycles=2, unit="mg"), times=[0, 1, 504, 505])
     >>> r.output("CP").shape
     (4, 1)
+    >>> lean = simulate(m, q3w(10, cycles=2, unit="mg"), times=[0, 1], outputs=["CP"], keep_states=False)
+    >>> list(lean.outputs), lean.states.shape
+    (['CP'], (2, 1, 0))
     """
     if isinstance(model, str):
         from .model import load_model
@@ -663,6 +682,16 @@ def simulate(
         raise SimulationError("times must be a non-empty 1-D sequence of hours")
     if not np.all(np.isfinite(t)) or t[0] < 0 or np.any(np.diff(t) <= 0):
         raise SimulationError("times must be finite, >= 0 and strictly increasing (h)")
+    if outputs is None:
+        names = tuple(model.outputs)
+    else:
+        names = tuple([outputs] if isinstance(outputs, str) else outputs)
+        unknown = [o for o in names if o not in model.outputs]
+        if unknown:
+            raise SimulationError(
+                f"unknown output(s) {', '.join(map(str, unknown))} of model {model.name}; "
+                f"outputs: {', '.join(model.outputs)}"
+            )
     if engine not in ("auto", "exact", "ode", "hybrid"):
         raise SimulationError(f"engine must be 'auto', 'exact', 'hybrid' or 'ode', not {engine!r}")
     p, ids, wt = _subject_arguments(model, parameters, weight)
@@ -721,7 +750,28 @@ def simulate(
     else:
         raise SimulationError("regimen must be a Regimen, a mapping of ID -> Regimen, or None")
 
-    states = np.empty((len(t), ns, model.numeric.n_states))
+    num = model.numeric
+    nt, n_states = len(t), num.n_states
+    states = np.empty((nt, ns, n_states)) if keep_states else np.empty((nt, ns, 0))
+    values = {name: np.empty((nt, ns)) for name in names}
+    extremes: Extremes | None = None
+
+    def record(members: np.ndarray, group_states: np.ndarray) -> Extremes:
+        """Outputs of a group from its amounts (n_times, n_group, n_states); keep them if asked."""
+        if keep_states:
+            states[:, members] = group_states
+        pb = p[:, None, members]
+        if input_fn is not None:
+            pb = np.broadcast_to(pb, (p.shape[0], nt, len(members))).copy()
+            for k, tk in enumerate(t):
+                for i, v in input_fn(tk).items():
+                    pb[i, k] = v[members]
+        with np.errstate(divide="ignore", invalid="ignore"):  # e.g. mean DAR before the first dose is 0/0
+            group = num.outputs(t[:, None], np.moveaxis(group_states, 2, 0), pb, names=names)
+        for k, name in enumerate(names):
+            values[name][:, members] = group[k]
+        return Extremes.of_states(group_states, t, members, floor=-10 * atol)
+
     for members, reg in groups:
         w = None if wt is None else wt[members]
         if isinstance(regimen, Mapping):
@@ -738,19 +788,30 @@ def simulate(
             plan = _plan(model, reg, w)
             plan = _broadcast_plan(plan, len(members))
         sub_p = p[:, members]
+        whole = len(members) == ns
         if engine == "exact":
-            states[:, members] = _run_exact(model, plan, sub_p, t)
+            found = record(members, _run_exact(model, plan, sub_p, t))
         elif engine == "hybrid" and not plan.steady:
 
             def ode(idx, plan=plan, sub_p=sub_p):
                 return _run_ode(model, _subset_plan(plan, idx), sub_p[:, idx], t, None, method, rtol, atol)
 
-            if len(members) == ns:  # one group: write in place (the state array can be large)
-                run_hybrid(model, plan.boluses, plan.infusions, sub_p, t, rtol, atol, ode, out=states)
-            else:
-                states[:, members] = run_hybrid(
-                    model, plan.boluses, plan.infusions, sub_p, t, rtol, atol, ode
+            target = None
+            if keep_states:  # one group: write in place (the state array can be large)
+                target = states if whole else np.empty((nt, len(members), n_states))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                group, found = run_hybrid(
+                    model, plan.boluses, plan.infusions, sub_p, t, rtol, atol, ode, names, out=target
                 )
+            if keep_states and not whole:
+                states[:, members] = target
+            for name in names:
+                if whole:
+                    values[name] = group[name]
+                else:
+                    values[name][:, members] = group[name]
+            if not whole:
+                found = Extremes(found.low, found.time, members[found.subject], found.high)
         else:
             sub_inputs = None
             if input_fn is not None:
@@ -758,40 +819,29 @@ def simulate(
                 def sub_inputs(tt, f=input_fn, m=members):
                     return {i: v[m] for i, v in f(tt).items()}
 
-            states[:, members] = _run_ode(model, plan, sub_p, t, sub_inputs, method, rtol, atol)
+            found = record(members, _run_ode(model, plan, sub_p, t, sub_inputs, method, rtol, atol))
+        extremes = found if extremes is None else extremes.merge(found)
 
-    num = model.numeric
-    pb = p[:, None, :]
-    if input_fn is not None:
-        pb = np.broadcast_to(pb, (p.shape[0], len(t), ns)).copy()
-        for k, tk in enumerate(t):
-            for i, v in input_fn(tk).items():
-                pb[i, k] = v
-    x = np.moveaxis(states, 2, 0)  # (n, nt, ns)
-    with np.errstate(divide="ignore", invalid="ignore"):  # e.g. mean DAR before the first dose is 0/0 = NaN
-        values = num.outputs(t[:, None], x, pb)
-    outputs = {name: values[k] for k, name in enumerate(num.output_names)}
     units = {name: q.unit for name, q in model.outputs.items()}
     units.update({name: c.unit for name, c in model.compartments.items()})
-    warnings = _negative_amounts(states, model.state_names, t, atol)
-    return SimulationResult(t, ids, outputs, states, units, model.state_names, engine, {"warnings": warnings})
+    warnings = _negative_amounts(extremes, model.state_names, atol)
+    info = {"warnings": warnings, "states_kept": keep_states}
+    return SimulationResult(t, ids, values, states, units, model.state_names, engine, info)
 
 
-def _negative_amounts(
-    states: np.ndarray, names: tuple[str, ...], times: np.ndarray, atol: float
-) -> tuple[str, ...]:
-    """Messages for compartments whose amounts went below zero beyond the solver tolerance."""
+def _negative_amounts(extremes: Extremes, names: tuple[str, ...], atol: float) -> tuple[str, ...]:
+    """Messages for compartments whose amounts went below zero beyond the solver tolerance.
+
+    The limit is −(10·atol + 1e-7·scale), scale the state's largest |amount| over times and subjects.
+    """
     out = []
-    scale = np.max(np.abs(states), axis=(0, 1)) if states.size else np.zeros(len(names))
-    for i, name in enumerate(names):
-        low = states[:, :, i]
-        limit = -(10 * atol + 1e-7 * scale[i])
-        if low.size and low.min() < limit:
-            k = np.unravel_index(np.argmin(low), low.shape)
-            out.append(
-                f"compartment {name} went negative ({low[k]:.3g} at t={times[k[0]]:g} h, subject index {k[1]}): "
-                "amounts cannot be negative; tighten rtol/atol or check the model's rates and parameters"
-            )
+    limit = -(10 * atol + 1e-7 * extremes.high)
+    for i in np.flatnonzero(extremes.low < limit):
+        out.append(
+            f"compartment {names[i]} went negative ({extremes.low[i]:.3g} at t={extremes.time[i]:g} h, subject "
+            f"index {int(extremes.subject[i])}): amounts cannot be negative; tighten rtol/atol or check the "
+            "model's rates and parameters"
+        )
     return tuple(out)
 
 

@@ -80,7 +80,14 @@ def test_dar_species_stay_binomial_when_clearance_is_dar_independent(name, overr
     m = _model(name)
     assert m.parameters["ALPHA"].value == 0.0
     kdec = overrides.get("KDEC", m.parameters["KDEC"].value)
-    r = pk.simulate(m, Regimen([Bolus(0, 10, unit="mg/kg")]), T_DAR, parameters=overrides, engine="exact")
+    r = pk.simulate(
+        m,
+        Regimen([Bolus(0, 10, unit="mg/kg")]),
+        T_DAR,
+        parameters=overrides,
+        weight=overrides.get("WT", 70.0),
+        engine="exact",
+    )
     survive = np.exp(-kdec * T_DAR)[:, None]
     pmf = binom.pmf(np.arange(9)[None, :], 8, survive)
     for side in ("C", "P"):
@@ -93,8 +100,10 @@ def test_total_antibody_ignores_deconjugation_and_is_biexponential():
     m = _model("adc_dar8_sn38")
     reg = Regimen([Bolus(0, 10, unit="mg/kg")])
     t = np.linspace(0.0, 1500.0, 61)
-    with_dec = pk.simulate(m, reg, t, engine="exact").output("TAb")[:, 0]
-    without = pk.simulate(m, reg, t, parameters={"KDEC": 0.0}, engine="exact").output("TAb")[:, 0]
+    with_dec = pk.simulate(m, reg, t, engine="exact", weight=70.0).output("TAb")[:, 0]
+    without = pk.simulate(m, reg, t, parameters={"KDEC": 0.0}, engine="exact", weight=70.0).output("TAb")[
+        :, 0
+    ]
     np.testing.assert_allclose(with_dec, without, rtol=1e-10)
     # Textbook two-compartment bolus: C = D/V1 [(a - k21) e^(-a t) + (k21 - b) e^(-b t)]/(a - b), with the
     # antibody mass of 700 mg of ADC = 700 * 148/160 mg (µg/mL = mg/L).
@@ -107,8 +116,10 @@ def test_total_antibody_ignores_deconjugation_and_is_biexponential():
     expected = dose_ab / v1 * ((a - k21) * np.exp(-a * t) + (k21 - b) * np.exp(-b * t)) / (a - b)
     np.testing.assert_allclose(with_dec, expected, rtol=1e-9)
     # With DAR-dependent clearance, deconjugation does matter (low-DAR species are cleared more slowly).
-    fast = pk.simulate(m, reg, t, parameters={"ALPHA": 1.0}, engine="exact").output("TAb")[:, 0]
-    fast0 = pk.simulate(m, reg, t, parameters={"ALPHA": 1.0, "KDEC": 0.0}, engine="exact").output("TAb")[:, 0]
+    fast = pk.simulate(m, reg, t, parameters={"ALPHA": 1.0}, engine="exact", weight=70.0).output("TAb")[:, 0]
+    fast0 = pk.simulate(
+        m, reg, t, parameters={"ALPHA": 1.0, "KDEC": 0.0}, engine="exact", weight=70.0
+    ).output("TAb")[:, 0]
     assert np.max(fast[1:] / fast0[1:]) > 1.2
 
 
@@ -189,8 +200,8 @@ T_MIXED = np.unique(np.concatenate([np.linspace(0, 840, 85), [0.5, 168.5, 169, 3
 def test_exact_and_ode_engines_agree(name):
     m = _model(name)
     assert m.is_linear
-    exact = pk.simulate(m, MIXED, T_MIXED, engine="exact")
-    ode = pk.simulate(m, MIXED, T_MIXED, engine="ode", **TIGHT)
+    exact = pk.simulate(m, MIXED, T_MIXED, engine="exact", weight=70.0)
+    ode = pk.simulate(m, MIXED, T_MIXED, engine="ode", **TIGHT, weight=70.0)
     for out in m.outputs:
         a, b = ode.output(out)[:, 0], exact.output(out)[:, 0]
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9 * np.max(np.abs(b)), err_msg=out)
@@ -219,8 +230,8 @@ def test_tmdd_variant_without_target_equals_linear_model():
     assert not tmdd.is_linear and lin.is_linear
     reg = Regimen([Infusion(0, 10, unit="mg/kg", duration=1.0)])
     t = np.linspace(0, 504, 43)
-    a = pk.simulate(tmdd, reg, t, parameters={"VMAX": 0.0}, engine="ode", **TIGHT)
-    b = pk.simulate(lin, reg, t, engine="exact")
+    a = pk.simulate(tmdd, reg, t, parameters={"VMAX": 0.0}, engine="ode", **TIGHT, weight=70.0)
+    b = pk.simulate(lin, reg, t, engine="exact", weight=70.0)
     for out in lin.outputs:
         np.testing.assert_allclose(
             a.output(out), b.output(out), rtol=1e-6, atol=1e-9 * np.max(np.abs(b.output(out))), err_msg=out
@@ -234,15 +245,17 @@ def test_tmdd_low_concentration_limit_is_linear_with_added_clearance():
     p = tmdd.parameters
     reg = Regimen([Bolus(0, 1e-5, unit="mg/kg")])
     t = np.linspace(0, 1008, 43)
-    a = pk.simulate(tmdd, reg, t, engine="ode", method="BDF", rtol=1e-10, atol=1e-18)
+    a = pk.simulate(tmdd, reg, t, engine="ode", method="BDF", rtol=1e-10, atol=1e-18, weight=70.0)
     cl = p["CL"].value + p["VMAX"].value / p["KM"].value
-    b = pk.simulate(lin, reg, t, parameters={"CL": cl}, engine="exact")
+    b = pk.simulate(lin, reg, t, parameters={"CL": cl}, engine="exact", weight=70.0)
     for out in ("TAb", "ADC", "SN38"):
         np.testing.assert_allclose(
             a.output(out), b.output(out), rtol=3e-4, atol=1e-6 * np.max(b.output(out)), err_msg=out
         )
     # and at 10 mg/kg the target is saturated: dose-normalised exposure is higher than at 1e-5 mg/kg
-    high = pk.simulate(tmdd, Regimen([Bolus(0, 10, unit="mg/kg")]), t, engine="ode", method="BDF")
+    high = pk.simulate(
+        tmdd, Regimen([Bolus(0, 10, unit="mg/kg")]), t, engine="ode", method="BDF", weight=70.0
+    )
     assert (
         np.trapezoid(high.output("TAb")[:, 0], t) / 10 > 1.3 * np.trapezoid(a.output("TAb")[:, 0], t) / 1e-5
     )
@@ -380,17 +393,17 @@ def test_pkpd_anc_falls_after_16_mg_per_kg_and_stays_flat_without_effect():
     reg = pk.q3w(16, cycles=1)
     t = np.arange(0.0, 504.0 + 1e-9, 6.0)
     flat = pk.simulate(
-        m, reg, t, parameters={"SLOPE": 0.0}, engine="ode", method="BDF", rtol=1e-9, atol=1e-10
+        m, reg, t, parameters={"SLOPE": 0.0}, engine="ode", method="BDF", rtol=1e-9, atol=1e-10, weight=70.0
     )
     circ0 = m.parameters["CIRC0"].value
     np.testing.assert_allclose(flat.output("ANC"), circ0, rtol=1e-9)
     # the PK part of the composed model is the standalone ESG401 model (exact engine)
-    alone = pk.simulate(pkm, reg, t, engine="exact")
+    alone = pk.simulate(pkm, reg, t, engine="exact", weight=70.0)
     for out in ("SN38", "TAb", "acSN38"):
         np.testing.assert_allclose(
             flat.output(out), alone.output(out), rtol=1e-6, atol=1e-9 * np.max(alone.output(out)), err_msg=out
         )
-    r = pk.simulate(m, reg, t, engine="ode", method="BDF", rtol=1e-8, atol=1e-10)
+    r = pk.simulate(m, reg, t, engine="ode", method="BDF", rtol=1e-8, atol=1e-10, weight=70.0)
     anc = r.output("ANC")[:, 0]
     k = int(np.argmin(anc))
     assert anc[k] < 0.8 * circ0  # a clear fall ...

@@ -341,3 +341,65 @@ def test_negative_amounts_are_reported_not_hidden():
     assert not r.ok and "went negative" in r.warnings[0] and "compartment A" in r.warnings[0]
     clean = pk.simulate("one_compartment_iv", pk.parse_regimen("1 mg once"), [0.0, 2.0])
     assert clean.ok and clean.warnings == ()
+
+
+@pytest.mark.parametrize("engine", ["exact", "ode"])
+def test_selected_outputs_without_states_match_closed_form(engine):
+    # two subjects on different regimens (two groups): 100 mg at 0 h, and 50 mg at 5 h.  One compartment,
+    # k = CL/V = 0.1/h, V = 10 L: CP = D/V·e^(−k(t − t_dose)) after the dose, 0 before (hand computation).
+    b, _, _ = _one_compartment_closed_forms()
+    regimens = {1: Regimen([Bolus(0.0, 100.0, unit="mg")]), 2: Regimen([Bolus(5.0, 50.0, unit="mg")])}
+    par = {"ID": [1, 2], "CL": [1.0, 1.0], "V": [10.0, 10.0]}
+    t = np.array([0.0, 2.0, 5.0, 12.0, 24.0])
+    opts = TIGHT if engine == "ode" else {}
+    r = pk.simulate(
+        "one_compartment_iv",
+        regimens,
+        t,
+        parameters=par,
+        engine=engine,
+        outputs=["CP"],
+        keep_states=False,
+        **opts,
+    )
+    assert list(r.outputs) == ["CP"] and r.states.shape == (5, 2, 0) and r.ok
+    assert _rel(r.output("CP")[:, 0], b(t, 0.1, 100.0) / 10.0) < 1e-8
+    late = np.where(t >= 5.0, b(np.maximum(t - 5.0, 0.0), 0.1, 50.0) / 10.0, 0.0)
+    assert np.allclose(r.output("CP")[:, 1], late, rtol=1e-8, atol=1e-12)
+    with pytest.raises(
+        pk.SimulationError, match=r"'CENT' is a state and the amounts were not kept.*keep_states=True"
+    ):
+        r.output("CENT")
+
+
+def test_unknown_output_selection_is_an_error():
+    with pytest.raises(
+        pk.SimulationError, match=r"unknown output\(s\) AUC of model one_compartment_iv; outputs: CP"
+    ):
+        pk.simulate("one_compartment_iv", pk.parse_regimen("1 mg once"), [1.0], outputs=["AUC"])
+
+
+def test_negative_amounts_are_reported_without_states():
+    # the same zero-order leak, with only an output asked for and no states kept: still reported
+    leaky = {
+        "parameters": {"R": {"value": 1.0, "unit": "mg/h"}},
+        "compartments": {"A": {"unit": "mg", "dose": True}},
+        "flows": [{"from": "A", "rate": "R"}],
+        "outputs": {"AOUT": {"expr": "A", "unit": "mg"}},
+    }
+    r = pk.simulate(pk.load_model(leaky), pk.parse_regimen("1 mg once"), [0.0, 2.0], keep_states=False)
+    # A(t) = 1 − t mg (hand computation): −1 mg at 2 h
+    assert not r.ok and "compartment A went negative (-1 at t=2 h, subject index 0)" in r.warnings[0]
+    assert np.allclose(r.output("AOUT")[:, 0], [1.0, -1.0], rtol=1e-8)
+
+
+def test_mg_per_kg_doses_never_use_the_model_reference_weight():
+    # adc_esg401 declares WT (reference 70 kg) as a covariate; a mg/kg dose without an explicit weight must
+    # be an error, not a silent 70-kg patient.  With weight=70 the dose is 16 x 70 = 1120 mg (hand
+    # computation), the same as a 1120 mg dose.
+    model = pk.load_model("adc_esg401")
+    with pytest.raises(pk.SimulationError, match=r"16 mg/kg but no body weight was given: pass weight="):
+        pk.simulate(model, pk.q3w(16, cycles=1), [0.0, 24.0])
+    per_kg = pk.simulate(model, pk.q3w(16, cycles=1), [0.0, 24.0], weight=70.0).output("TAb")
+    in_mg = pk.simulate(model, pk.parse_regimen("1120 mg once over 1h"), [0.0, 24.0]).output("TAb")
+    np.testing.assert_allclose(per_kg, in_mg, rtol=1e-12)

@@ -40,7 +40,7 @@ def sn38_profile(cycles: int = 4, dose: float = 16.0):
     ]
     grid = np.unique(np.concatenate(pieces))
     grid = grid[grid <= end]
-    result = simulate(load_model("adc_esg401"), regimen, grid)
+    result = simulate(load_model("adc_esg401"), regimen, grid, weight=70.0)
     return grid, result.output("SN38")[:, 0] / 392.4  # ng/mL -> µmol/L (392.4 g/mol)
 
 
