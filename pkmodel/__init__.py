@@ -34,6 +34,23 @@ from .simulation import SimulationResult, simulate
 
 __version__ = "0.1.0"
 
+#: Public functions of modules that are imported only when first used (they pull in plotting or Dask).
+_LAZY = {
+    "map_tasks": "distributed",
+    "run_bootstrap": "bootstrap",
+    "run_virtual_trial": "compare",
+    "run_vpc": "vpc",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'pkmodel' has no attribute {name!r}")
+
+
 __all__ = [
     "Bolus",
     "Comparison",
@@ -62,13 +79,17 @@ __all__ = [
     "list_models",
     "load_model",
     "load_scenario",
+    "map_tasks",
     "nca",
     "nca_table",
     "neutropenia_incidence",
     "parse_regimen",
     "q3w",
     "read_dataset",
+    "run_bootstrap",
     "run_comparison",
+    "run_virtual_trial",
+    "run_vpc",
     "select_exposure_metric",
     "simulate",
     "summarize_course",
