@@ -85,7 +85,7 @@ def build_sections(comparison) -> list[Section]:
         summary_lines.append(line + ".")
     summary_lines.append(
         f"{len(t['population'])} virtual subjects per regimen (the same subjects for every regimen), seed {sc.seed}; "
-        f"PK model {sc.pk_model.name} (exact engine), PK/PD model {sc.pkpd_model.name} (ODE engine)."
+        f"PK model {sc.pk_model.name} (exact engine), PK/PD model {sc.pkpd_model.name} (hybrid engine: exact PK, the PD by an explicit Runge-Kutta method)."
     )
     sections = [
         Section(
@@ -182,6 +182,27 @@ def build_sections(comparison) -> list[Section]:
             ],
         ),
     ]
+    if "fit_estimates" in t:
+        prov = comparison.provenance
+        sections.insert(
+            2,
+            Section(
+                "Population PK estimates used",
+                [
+                    f"Typical values and inter-individual variances of the PK parameters come from the population "
+                    f"fit {prov.get('fit_spec', '')} (status: {prov.get('fit_status', '')}, OFV "
+                    f"{prov.get('fit_ofv', float('nan')):.3f}); the other parameters are the model files' values "
+                    "with the scenario's variability.",
+                ],
+                [
+                    Table(
+                        "fit_estimates",
+                        "Population estimates (theta; omega as variances)",
+                        t["fit_estimates"],
+                    )
+                ],
+            ),
+        )
     if "matched_dose_intensity" in t:
         sections.append(
             Section(
@@ -199,7 +220,7 @@ def build_sections(comparison) -> list[Section]:
             [
                 f"Scenario file: {sc.path}. Models: {sc.pk_model.file}; {sc.pkpd_model.file}.",
                 "Exposure metrics come from the exact matrix-exponential solution of the linear PK model; neutrophil "
-                "counts from the Friberg model driven by free SN-38 (ODE engine), graded by CTCAE v5.0.",
+                "counts from the Friberg model driven by free SN-38 (hybrid engine: exact PK, the Friberg ODEs by DOP853), graded by CTCAE v5.0.",
                 "Incidence intervals reflect Monte Carlo precision of the simulated proportion given the model, not "
                 "parameter uncertainty or the sampling variation of a trial of a given size.",
             ],

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -223,10 +224,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .fitting import format_parameter_table, run_fit
+    from .fitting import format_parameter_table, load_fit_spec, run_fit
 
-    run = run_fit(args.spec)
-    out = run.write(args.out, force=args.force, command_line=" ".join(sys.argv))
+    # the results folder is checked before the (possibly long) estimation starts
+    out = Path(args.out) if args.out else load_fit_spec(args.spec).default_results_dir
+    run = run_fit(args.spec, out, force=args.force, command_line=" ".join(sys.argv))
     if args.json:
         print(json.dumps(run.to_dict(), indent=2, default=float))
     else:
@@ -238,6 +240,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import comparison_json, run_comparison, scenario_summary
 
+    if args.scheduler is not None:
+        return _compare_virtual_trial(args)
     comparison = run_comparison(args.scenario, n=args.n, progress=not args.json)
     out = args.out or f"pkmodel-compare-{comparison.scenario.path.stem}"
     page = comparison.write(out, force=args.force)
@@ -246,6 +250,73 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(scenario_summary(comparison))
         print(f"report: {page}")
+    return 0
+
+
+def _compare_virtual_trial(args: argparse.Namespace) -> int:
+    """``pkmodel compare --scheduler ...``: summaries of a large virtual trial (no HTML report)."""
+    from .compare import run_virtual_trial, trial_summary
+
+    trial = run_virtual_trial(args.scenario, n=args.n, scheduler=args.scheduler, progress=not args.json)
+    out = trial.write(args.out or f"pkmodel-trial-{trial.scenario.path.stem}", force=args.force)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "title": trial.scenario.title,
+                    "n_subjects": trial.provenance["n_subjects"],
+                    "incidence": trial.tables["neutropenia_incidence"].to_dict(orient="records"),
+                    "out": str(out),
+                },
+                default=float,
+                indent=2,
+            )
+        )
+    else:
+        print(trial_summary(trial))
+        print(f"tables: {out}")
+    return 0
+
+
+def _cmd_vpc(args: argparse.Namespace) -> int:
+    from .vpc import run_vpc
+
+    result = run_vpc(
+        args.spec,
+        n_replicates=args.n,
+        seed=args.seed,
+        bins=args.bins,
+        pred_corrected=args.pred_corrected,
+        scheduler=args.scheduler,
+        progress=not args.json,
+    )
+    out = result.write(args.out or f"pkmodel-vpc-{result.name}", force=args.force)
+    if args.json:
+        print(json.dumps({"out": str(out), "table": result.table.to_dict(orient="records")}, default=float))
+    else:
+        print(result.summary())
+        print(f"figure and tables: {out}")
+    return 0
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from .bootstrap import run_bootstrap
+
+    result = run_bootstrap(
+        args.spec,
+        n=args.n,
+        seed=args.seed,
+        stratify=args.stratify,
+        level=args.level,
+        scheduler=args.scheduler,
+        progress=not args.json,
+    )
+    out = result.write(args.out or f"pkmodel-bootstrap-{result.name}", force=args.force)
+    if args.json:
+        print(json.dumps(result.to_dict(), default=float, indent=2))
+    else:
+        print(result.summary())
+        print(f"tables: {out}")
     return 0
 
 
@@ -308,7 +379,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of virtual subjects (overrides the scenario)")
     p.add_argument("--force", action="store_true", help="replace an existing report folder")
     p.add_argument("--json", action="store_true", help="print the main tables as JSON")
+    p.add_argument(
+        "--scheduler",
+        help="run a large virtual trial (summary tables, no HTML report) on: serial, processes[:N], or a Dask "
+        "scheduler address tcp://HOST:PORT",
+    )
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "vpc", help="fit a specification and draw its simulation-based visual predictive check"
+    )
+    p.add_argument("spec")
+    p.add_argument("--n", type=int, default=200, help="simulated replicates of the dataset (default 200)")
+    p.add_argument("--seed", type=int, help="root seed (default: the spec's seed)")
+    p.add_argument("--bins", type=int, default=8, help="time bins, equal counts of observations (default 8)")
+    p.add_argument("--pred-corrected", action="store_true", help="prediction-corrected VPC")
+    p.add_argument("--scheduler", help="serial (default), processes[:N], or tcp://HOST:PORT")
+    p.add_argument("--out", help="output folder (default pkmodel-vpc-<spec name>)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--json", action="store_true", help="print the VPC table as JSON")
+    p.set_defaults(func=_cmd_vpc)
+
+    p = sub.add_parser("bootstrap", help="case-resampling bootstrap of a population fit specification")
+    p.add_argument("spec")
+    p.add_argument("--n", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--seed", type=int, help="root seed (default: the spec's seed)")
+    p.add_argument("--stratify", action="append", metavar="COLUMN", help="resample within levels of a column")
+    p.add_argument(
+        "--level", type=float, default=0.95, help="level of the percentile intervals (default 0.95)"
+    )
+    p.add_argument("--scheduler", help="serial (default), processes[:N], or tcp://HOST:PORT")
+    p.add_argument("--out", help="output folder (default pkmodel-bootstrap-<spec name>)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("demo", help="fit the shipped example and write the regimen-comparison report")
     p.add_argument("--out", default="pkmodel-demo", help="report folder (default pkmodel-demo)")
@@ -331,10 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status: 0 success, 1 a check found problems, 2 a user error.
     """
+    from threadpoolctl import threadpool_limits
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        # pkmodel's matrices are small (tens of states): one BLAS thread is fastest, and a multi-threaded
+        # BLAS spinning on a loaded machine made fits about 100x slower (docs/performance.md)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return int(args.func(args))
     except PkmodelError as exc:
         message = str(exc).replace("\n", " | ") if not getattr(args, "json", False) else str(exc)
         print(f"pkmodel: error: {message}", file=sys.stderr)

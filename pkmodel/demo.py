@@ -34,8 +34,9 @@ def run_demo(
     n : int, optional
         Virtual subjects per regimen (default: the scenario's).
     fit : bool
-        Run the population fit first (its estimates are reported; the comparison uses the scenario's
-        models and variability).
+        Run the population fit first; its estimates (θ̂, Ω̂) then drive the PK of the comparison (the
+        Friberg parameters and their variability come from the scenario).  False: the scenario's models
+        and variability alone.
 
     Returns
     -------
@@ -54,14 +55,15 @@ def run_demo(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        if fit and (fits_dir() / FIT_SPEC).exists():
+        run = None
+        if fit:
             from .fitting import format_parameter_table, run_fit
 
             print("[pkmodel] fitting the example dataset (FOCE-I) ...", file=sys.stderr, flush=True)
             run = run_fit(fits_dir() / FIT_SPEC)
             run.write(staging / "fit", force=True)
             print(format_parameter_table(run.result), file=sys.stderr)
-        comparison = run_comparison(fits_dir() / SCENARIO, n=n, progress=True)
+        comparison = run_comparison(fits_dir() / SCENARIO, n=n, progress=True, fit=run)
         comparison.write(staging / "report", force=True)
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -87,7 +87,17 @@ class _Source:
         # parameters that carry another parameter's η (e.g. V with eta = "CL")
         self.shared = {p.name: p.eta for p in spec.parameters if p.eta is not None and p.eta != p.name}
         self.omega = np.asarray(result.omega, dtype=float)
-        rows = [{"ID": s.id, **s.covariates} for s in model_or_fit.fit_problem.subjects]
+        # covariates of the fitted subjects: those of the spec's covariate effects and the model's own
+        # (e.g. WT and ALB of the ADC models, passed to the simulation), as the fit used them
+        rows = []
+        for s in model_or_fit.fit_problem.subjects:
+            row = {"ID": s.id, **s.covariates}
+            constants = getattr(s.data, "constants", {})
+            row.update({c: constants[c] for c in self.model.covariates if c in constants})
+            weight = getattr(s.data, "weight", None)
+            if weight is not None and "WT" not in row:
+                row["WT"] = weight
+            rows.append(row)
         self.data_covariates = pd.DataFrame(rows)
 
     # -- parameter names -------------------------------------------------------------------------

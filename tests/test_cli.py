@@ -92,3 +92,20 @@ def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert code == 2
     assert err.startswith("pkmodel: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_fit_refuses_an_existing_results_folder_before_estimating(capsys, tmp_path, monkeypatch):
+    # the folder check comes first: the estimation must not even start (it would take seconds)
+    import pkmodel.fitting._run as run_module
+
+    def no_estimation(*args, **kwargs):
+        raise AssertionError("the fit started although the results folder exists")
+
+    monkeypatch.setattr(run_module, "fit_population", no_estimation)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text("{}", encoding="utf-8")
+    spec = pk.model.fits_dir() / "theoph_foce.toml"
+    code, _, err = run(capsys, "fit", str(spec), "--out", str(tmp_path / "old"))
+    assert code == 2
+    assert "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "old" / "results.json").read_text(encoding="utf-8") == "{}"

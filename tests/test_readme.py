@@ -28,7 +28,9 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in test_command
 
 
-def test_main_job_command_uses_a_shipped_model():
+def test_main_job_is_the_demo():
+    # issue 5: the README's first command installs and runs `pkmodel demo` (tests/test_demo.py runs the
+    # same run_demo on a smaller virtual population)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     main_job = _bash_blocks(readme)[0]
-    assert main_job.startswith("python3 -m pip install . && pkmodel ")
+    assert main_job.startswith("python3 -m pip install . && pkmodel demo")

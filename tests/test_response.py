@@ -568,10 +568,12 @@ def test_baseline_below_lln_counts_as_any_grade(pkpd):
 
 def test_identical_typical_subjects_match_a_direct_simulation_graded_with_grade_anc(pkpd):
     # SLOPE 8 L/µmol: the typical 70-kg patient reaches grade 3 (nadir ~0.66) in one 16 mg/kg cycle.
+    # neutropenia_incidence simulates with engine="auto" (hybrid); the direct run uses the same engine
+    # (hybrid vs ODE is checked in test_incidence_by_the_hybrid_engine_equals_the_ode_engine)
     regimen = q3w(16, cycles=1)
     times = np.arange(0.0, 505.0, 12.0)
     direct = simulate(
-        pkpd, regimen, times, parameters={"SLOPE": 8.0, "WT": 70.0}, rtol=1e-6, atol=1e-8, engine="ode"
+        pkpd, regimen, times, parameters={"SLOPE": 8.0, "WT": 70.0}, rtol=1e-6, atol=1e-8, engine="auto"
     )
     anc = direct.output("ANC")[:, 0]
     worst = int(grade_anc(anc).max())
@@ -659,3 +661,29 @@ def test_neutropenia_incidence_errors(pkpd):
         neutropenia_incidence(pkpd, reg, pop, chunk_size=0)
     with pytest.raises(SimulationError, match=r"regimen 'Q3W', population rows 0-0: .*strictly increasing"):
         neutropenia_incidence(pkpd, reg, pop, times=[0.0, 24.0, 12.0])
+
+
+def test_incidence_by_the_hybrid_engine_equals_the_ode_engine():
+    # neutropenia_incidence uses engine="auto" (hybrid: exact PK, explicit Runge–Kutta PD).  Oracle: the
+    # ODE engine (BDF on the whole system, no code shared with the exact PK path) on the same subjects.
+    from pkmodel.population import sample_population
+    from pkmodel.response import neutropenia_incidence
+
+    model = load_model("adc_esg401_friberg")
+    pop = sample_population(
+        model,
+        10,
+        seed=3,
+        omega={"CL": 0.1, "CLS": 0.2, "SLOPE": 0.3, "CIRC0": 0.1},
+        covariates={"WT": {"dist": "normal", "mean": 65.0, "sd": 10.0, "lower": 40.0}},
+    )
+    regimens = {"q3w": q3w(16, cycles=2), "weekly": d1_8_15_q4w(12, cycles=1)}
+    runs = {
+        engine: neutropenia_incidence(
+            model, regimens, pop, engine=engine, rtol=1e-8, atol=1e-10, return_courses=True
+        ).subjects
+        for engine in ("auto", "ode")
+    }
+    assert (runs["auto"]["worst_grade"] == runs["ode"]["worst_grade"]).all()
+    np.testing.assert_allclose(runs["auto"]["nadir"], runs["ode"]["nadir"], rtol=1e-5)
+    assert runs["auto"]["worst_grade"].max() >= 3  # the check covers severe neutropenia too
