@@ -427,7 +427,14 @@ def run_comparison(
     for spec in regimens[: len(sc.regimens)]:
         end = spec.regimen.end_time() + 21 * 24.0
         grid = np.arange(0.0, end + 1e-9, sc.grid_step)
-        res = simulate(sc.pk_model, spec.regimen, grid, parameters=pop[pk_columns])
+        res = simulate(
+            sc.pk_model,
+            spec.regimen,
+            grid,
+            parameters=pop[pk_columns],
+            outputs=list(sc.analytes),
+            keep_states=False,
+        )
         for analyte in sc.analytes:
             values = res.output(analyte)
             q = np.nanpercentile(values, _PERCENTILES, axis=1)

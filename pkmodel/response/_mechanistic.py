@@ -145,7 +145,16 @@ def _simulate_chunk(
     from pkmodel.simulation import simulate
 
     result = simulate(
-        model, regimen, times, parameters=params, engine=engine, method=method, rtol=rtol, atol=atol
+        model,
+        regimen,
+        times,
+        parameters=params,
+        engine=engine,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        outputs=[output],
+        keep_states=False,
     )
     return result.output(output)
 
