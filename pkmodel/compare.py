@@ -771,7 +771,6 @@ def trial_population(
 
 def _trial_chunk(context: tuple, task: tuple[int, int]) -> dict[str, Any]:
     """Task of :func:`run_virtual_trial`: exposure and neutropenia summaries of one chunk of subjects."""
-    from ._hybrid import simulate_outputs
     from .distributed import QuantileSketch
     from .errors import SimulationError
     from .exposure import exposure_metrics
@@ -804,9 +803,7 @@ def _trial_chunk(context: tuple, task: tuple[int, int]) -> dict[str, Any]:
             exposure[(spec.label, *map(str, key))] = (sketch.compact(), int(np.sum(~np.isfinite(values))))
             units[(spec.label, *map(str, key))] = str(group["unit"].iloc[0])
         grid = default_times(spec.regimen)
-        anc = simulate_outputs(sc.pkpd_model, spec.regimen, grid, ["ANC"], parameters=pop[pkpd_columns])[
-            "ANC"
-        ]
+        anc = _chunk_anc(sc.pkpd_model, spec.regimen, grid, pop[pkpd_columns].reset_index(drop=True))
         # a subject whose hybrid-engine ANC is not a finite count >= 0 is re-simulated alone with the BDF
         # engine (as neutropenia_incidence does); if that fails too, the subject is not graded: counted and
         # listed in the results (simulation_failed_ids), never dropped silently
@@ -849,6 +846,27 @@ def _trial_chunk(context: tuple, task: tuple[int, int]) -> dict[str, Any]:
             "failed_ids": failed_ids,
         }
     return {"n": size, "exposure": exposure, "units": units, "neutropenia": neutropenia}
+
+
+def _chunk_anc(model: Model, regimen: Regimen, grid: np.ndarray, params: pd.DataFrame) -> np.ndarray:
+    """ANC (n_times, n_subjects) of a chunk by the hybrid engine; NaN columns for subjects it cannot do.
+
+    A stacked solve can fail as a whole (a group handed to the BDF engine breaks on one extreme subject):
+    the chunk is then split in halves, recursively, so that only the subjects that fail alone are left
+    NaN (the caller re-tries those with BDF and reports any that still fail).
+    """
+    from ._hybrid import simulate_outputs
+    from .errors import SimulationError
+
+    try:
+        return simulate_outputs(model, regimen, grid, ["ANC"], parameters=params)["ANC"]
+    except SimulationError:
+        if len(params) == 1:
+            return np.full((len(grid), 1), np.nan)
+    half = len(params) // 2
+    first = _chunk_anc(model, regimen, grid, params.iloc[:half].reset_index(drop=True))
+    second = _chunk_anc(model, regimen, grid, params.iloc[half:].reset_index(drop=True))
+    return np.concatenate([first, second], axis=1)
 
 
 def run_virtual_trial(

@@ -387,3 +387,37 @@ def test_a_subject_no_engine_can_simulate_is_counted_and_listed_not_graded(short
     assert "the ANC of 1 subject(s) could not be simulated (IDs 3); they are not graded" in trial_summary(
         trial
     )
+
+
+def test_a_chunk_whose_stacked_solve_fails_is_split_not_lost(short_scenario, monkeypatch):
+    # Found by the 100,000-patient benchmark: the hybrid engine handed a whole chunk to BDF, one extreme
+    # patient made the stacked BDF solve raise, and the trial died.  Here every stacked solve of more than
+    # 4 subjects raises; the chunk must be split (halves, recursively) and every subject graded as the
+    # oracle, neutropenia_incidence on the same subjects, grades them.
+    import pkmodel._hybrid as hybrid
+    from pkmodel.errors import SimulationError
+    from pkmodel.response import neutropenia_incidence
+
+    original = hybrid.simulate_outputs
+    sizes = []
+
+    def fragile(*args, parameters, **kwargs):
+        sizes.append(len(parameters))
+        if len(parameters) > 4:
+            raise SimulationError("the ODE solver failed (test: Factor is exactly singular)")
+        return original(*args, parameters=parameters, **kwargs)
+
+    monkeypatch.setattr(hybrid, "simulate_outputs", fragile)
+    trial = run_virtual_trial(short_scenario, n=12, chunk_size=12)
+    got = trial.tables["neutropenia_incidence"].set_index("regimen")
+    assert got["n"].tolist() == [12, 12] and got["n_simulation_failed"].tolist() == [0, 0]
+    assert sizes[:3] == [12, 6, 3]  # split in halves until the solves succeed
+    monkeypatch.setattr(hybrid, "simulate_outputs", original)
+    pop = trial_population(short_scenario, 0, 12, chunk_size=12)
+    columns = [c for c in pop.columns if c in short_scenario.pkpd_model.argument_names or c in ("ID", "WT")]
+    oracle = neutropenia_incidence(
+        short_scenario.pkpd_model, {r.label: r.regimen for r in short_scenario.regimens}, pop[columns]
+    ).set_index("regimen")
+    for label in oracle.index:
+        for g in (1, 3, 4):
+            assert got.loc[label, f"events_ge{g}"] == oracle.loc[label, f"events_ge{g}"]
