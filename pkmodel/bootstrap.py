@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .distributed import prepare_output_folder
 from .errors import EstimationError, PkmodelError
 
 __all__ = ["BootstrapResult", "bootstrap", "mean_of_column", "resample_cases", "run_bootstrap"]
@@ -224,13 +225,7 @@ class BootstrapResult:
 
     def write(self, out_dir: str | Path, *, force: bool = False) -> Path:
         """Write ``bootstrap_replicates.csv``, ``bootstrap_ci.csv`` and ``bootstrap.json``."""
-        target = Path(out_dir)
-        if target.exists() and any(target.iterdir()) and not force:
-            raise PkmodelError(
-                f"{target} exists and is not empty; pkmodel never overwrites results: choose another --out "
-                "or add --force"
-            )
-        target.mkdir(parents=True, exist_ok=True)
+        target = prepare_output_folder(out_dir, force)
         self.replicates.to_csv(target / "bootstrap_replicates.csv", index=False)
         self.ci.to_csv(target / "bootstrap_ci.csv", index=False)
         (target / "bootstrap.json").write_text(

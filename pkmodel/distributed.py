@@ -139,6 +139,23 @@ class Progress:
         sys.stderr.flush()
 
 
+def prepare_output_folder(out_dir: Any, force: bool) -> Any:
+    """The results folder ``out_dir`` (a Path), created; an existing non-empty one only with ``force``.
+
+    Shared by the VPC and bootstrap writers.
+    """
+    from pathlib import Path
+
+    target = Path(out_dir)
+    if target.exists() and any(target.iterdir()) and not force:
+        raise PkmodelError(
+            f"{target} exists and is not empty; pkmodel never overwrites results: choose another --out "
+            "or add --force"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 # ---------------------------------------------------------------------------------------- schedulers
 
 

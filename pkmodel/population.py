@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
+from .distributed import Progress
 from .dosing import Regimen
 from .errors import SimulationError
 from .model import Model
@@ -466,28 +466,6 @@ def sample_population(
     return frame
 
 
-class _Progress:
-    """A one-line text progress bar on standard error."""
-
-    def __init__(self, total: int, enabled: bool, label: str = "subjects", width: int = 30):
-        self.total, self.enabled, self.label, self.width = total, enabled, label, width
-        self.start = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        fraction = done / self.total if self.total else 1.0
-        filled = round(self.width * fraction)
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {100 * fraction:3.0f}% "
-            f"{done}/{self.total} {self.label} {elapsed:.1f} s"
-        )
-        if done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def simulate_metrics(
     model: Model | str,
     regimen: Regimen,
@@ -579,7 +557,9 @@ def simulate_metrics(
     if not exact:
         grid = exposure_times(regimen, cycle_length=options.get("cycle_length")) if times is None else times
     n = len(frame)
-    bar = _Progress(n, sys.stderr.isatty() and n > chunk_size if progress is None else bool(progress))
+    bar = Progress(
+        n, sys.stderr.isatty() and n > chunk_size if progress is None else bool(progress), label="subjects"
+    )
     pieces = []
     for first in range(0, n, int(chunk_size)):
         chunk = frame.iloc[first : first + int(chunk_size)]

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .distributed import prepare_output_folder
 from .errors import PkmodelError
 
 __all__ = ["VPCResult", "bin_edges", "censored_percentiles", "run_vpc", "vpc"]
@@ -275,13 +276,7 @@ class VPCResult:
 
     def write(self, out_dir: str | Path, *, force: bool = False) -> Path:
         """Write ``vpc.csv``, ``vpc_blq.csv``, ``vpc_observations.csv``, ``vpc.json`` and ``vpc.png``."""
-        target = Path(out_dir)
-        if target.exists() and any(target.iterdir()) and not force:
-            raise PkmodelError(
-                f"{target} exists and is not empty; pkmodel never overwrites results: choose another --out "
-                "or add --force"
-            )
-        target.mkdir(parents=True, exist_ok=True)
+        target = prepare_output_folder(out_dir, force)
         self.table.to_csv(target / "vpc.csv", index=False)
         self.blq.to_csv(target / "vpc_blq.csv", index=False)
         self.observations.to_csv(target / "vpc_observations.csv", index=False)
