@@ -31,8 +31,11 @@ extra stages).  Step sizes are kept on the ladder 2^(k/8) h so that the stage pr
 can be cached.  Expressions of N that depend on parameters only are hoisted and computed once per
 subject, and dN/dt is evaluated as A·N + g: the terms linear in the N states with per-subject constant
 coefficients as diagonals of A (the Friberg transit chain is two array operations over all its states),
-the rest g only where it is not zero.  If the N part turns out stiff (Hairer's test h·ρ > 6.1 on 15 accepted steps) the whole group
-is handed to the ODE engine, which is implicit.  ``rtol`` bounds the local error per step; the
+the rest g only where it is not zero.  If the N part turns out stiff (Hairer's test h·ρ > 6.1 on 15
+accepted steps) the subjects whose own h·ρ was above the bound are handed to the ODE engine, which is
+implicit, and the others are integrated again without them (at most 3 times, and only while they are
+at most a quarter of the group; otherwise the whole group is handed over): one extreme patient does
+not send a chunk of a thousand to the implicit solver.  ``rtol`` bounds the local error per step; the
 global error of a long run is typically 10–20 × rtol.
 
 **Outputs** (``simulate(..., outputs=..., keep_states=False)``, :func:`simulate_outputs`): an output
@@ -76,11 +79,24 @@ _RELEVANT = 1e-9  # modes whose share of the input is below min(this, rtol/100) 
 _LADDER = 8  # step sizes 2**(k/_LADDER) h (finer than 4: 3 % fewer steps, cache still hit)
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR = 0.9, 0.2, 10.0
 _MAX_STEPS = 100_000  # more shared steps than this: hand the group to the (implicit) ODE engine
+# a group turns stiff because of a few of its subjects: those go to the ODE engine and the others are
+# integrated again without them, at most this many times, and only while the culprits are at most this
+# share of the group (otherwise the whole group goes)
+_ISOLATION_ROUNDS, _ISOLATION_SHARE = 3, 0.25
 _BLOCK = 1_000_000  # elements per temporary when reconstructing the linear part
 
 
 class _Stiff(Exception):
-    """The nonlinear part is stiff: the explicit method would crawl (internal signal)."""
+    """The nonlinear part is stiff: the explicit method would crawl (internal signal).
+
+    ``culprits``: positions (within the run's subjects) of the subjects that made it so, when they can
+    be told apart from the others (their own stiffness ratio h·ρ was above the bound, or they alone
+    failed the last step); ``None`` when the whole group is at fault.
+    """
+
+    def __init__(self, culprits: np.ndarray | None = None):
+        super().__init__()
+        self.culprits = culprits
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -574,22 +590,46 @@ def run_hybrid(
             out[:, members] = states
         return Extremes.of_states(states, times, members, floor=-10 * atol)
 
+    def merged(more: Extremes) -> Extremes:
+        return more if extremes is None else extremes.merge(more)
+
     if len(good) < ns:
         extremes = hand_over(np.flatnonzero(~modes.good))
         if len(good) == 0:
             return outputs, extremes
-        modes = modes.subset(good)
-        boluses = [(t, i, a[good]) for t, i, a in boluses]
-        infusions = [(s, e, i, r[good]) for s, e, i, r in infusions]
-    try:
-        run = _Run(model, system, modes, boluses, infusions, p[:, good], times, rtol, atol)
-        # a trial step may overflow for one subject: that step is rejected (see _Run.integrate), so the
-        # floating-point warnings of the rejected attempt are not news
-        with np.errstate(over="ignore", invalid="ignore"):
-            run.integrate(None if out is not None else system.output_plan(model, tuple(names)).nonlinear_rows)
-    except _Stiff:
-        more = hand_over(good)
-        return outputs, more if extremes is None else extremes.merge(more)
+    rows = None if out is not None else system.output_plan(model, tuple(names)).nonlinear_rows
+    rounds = 0
+    while True:
+        try:
+            run = _Run(
+                model,
+                system,
+                modes if len(good) == ns else modes.subset(good),
+                [(t, i, a[good]) for t, i, a in boluses],
+                [(s, e, i, r[good]) for s, e, i, r in infusions],
+                p[:, good],
+                times,
+                rtol,
+                atol,
+            )
+            # a trial step may overflow for one subject: that step is rejected (see _Run.integrate), so
+            # the floating-point warnings of the rejected attempt are not news
+            with np.errstate(over="ignore", invalid="ignore"):
+                run.integrate(rows)
+            break
+        except _Stiff as signal:
+            culprits = signal.culprits
+            isolate = (
+                culprits is not None
+                and rounds < _ISOLATION_ROUNDS
+                and 0 < len(culprits) <= _ISOLATION_SHARE * len(good)
+            )
+            if not isolate:
+                return outputs, merged(hand_over(good))
+            # only the culprits go to the ODE engine; the others are integrated again without them
+            rounds += 1
+            extremes = merged(hand_over(good[culprits]))
+            good = np.delete(good, culprits)
     if out is None:  # outputs in modal form, no state array
         values = run.outputs(names)
         for name in names:
@@ -609,7 +649,7 @@ def run_hybrid(
         for k, name in enumerate(names):
             outputs[name][:, good] = values[k]
         more = Extremes.of_states(part, times, good, floor=-10 * atol)
-    return outputs, more if extremes is None else extremes.merge(more)
+    return outputs, merged(more)
 
 
 def simulate_outputs(
@@ -866,6 +906,7 @@ class _Run:
         self._f(t, y, self._input(self.R, np.zeros_like(self.R), zr, vr), K[0])
         h = self._initial_step(t, y, K[0], zr, vr, stops[0])
         stiff = calm = 0
+        flagged = np.zeros(ns, dtype=bool)
         for stop in stops:
             while t < stop:
                 last = t + h >= stop or stop - (t + h) <= 1e-9 * h
@@ -906,21 +947,23 @@ class _Run:
                     )
                     h = _ladder(step * factor)
                     if h <= 1e-12 * max(1.0, abs(t)):  # no progress (e.g. non-finite values)
-                        raise _Stiff
+                        raise _Stiff(np.flatnonzero(~(norms <= 1.0)))  # the subjects failing the step
                     continue
                 # stiffness (Hairer): h·ρ, ρ ≈ ‖f(y_new) − f(y_12)‖/‖y_new − y_12‖ (both at t + h)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     num = np.sum((K[_NS] - K[_NS - 1]) ** 2, axis=0)
                     den = np.sum((y_new - yi) ** 2, axis=0)
-                    rho = float(np.sqrt(np.where(den > 0, num / den, 0.0)).max())
-                if step * rho > _STIFF:
+                    rho = np.sqrt(np.where(den > 0, num / den, 0.0))  # (ns,)
+                if step * float(rho.max()) > _STIFF:
                     stiff, calm = stiff + 1, 0
+                    flagged |= step * rho > _STIFF  # who was at the stability bound during this stretch
                     if stiff >= 15:
-                        raise _Stiff
+                        raise _Stiff(np.flatnonzero(flagged))
                 else:
                     calm += 1
                     if calm >= 6:
                         stiff = 0
+                        flagged[:] = False
                 t_new = stop if last else t + step
                 j = int(np.searchsorted(times, t_new, side="left"))
                 if j > k_next:

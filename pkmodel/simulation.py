@@ -11,8 +11,9 @@
 - ``"hybrid"`` (nonlinear models whose linear part is closed, e.g. linear PK driving nonlinear PD):
   the linear subsystem is solved exactly (eigendecomposition per subject) and only the remaining
   states are integrated, by an adaptive explicit Runge–Kutta method (DOP853) with the linear
-  solution as an exact input; see :mod:`pkmodel._hybrid`.  Groups with SS doses, ill-conditioned
-  eigenvectors or a stiff nonlinear part are handed to the ODE engine.
+  solution as an exact input; see :mod:`pkmodel._hybrid`.  Groups with SS doses, subjects with
+  ill-conditioned eigenvectors and the subjects whose nonlinear part turns stiff are handed to the ODE
+  engine.
 - ``"ode"`` (any model): a stiff solver (BDF by default) with the analytic Jacobian, restarted at
   every dose and infusion boundary so that no event is stepped over.  Subjects are stacked into one
   system with a block-diagonal sparse Jacobian.
