@@ -245,7 +245,9 @@ def worker(args: list[str]) -> None:
     model = load_model(MODEL)
     times = hourly(step)
     params = _common.population(model, n)
-    outputs_only(model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], {"CL": [0.015]}, 1e-8, 1e-10)
+    outputs_only(
+        model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], {"CL": [0.015], "WT": [70.0]}, 1e-8, 1e-10
+    )
     rtol, atol = float(args[4]), float(args[5])
     only = int(args[6]) if len(args) > 6 else None
     if kind == "lean":
@@ -295,8 +297,12 @@ def main() -> None:
     )
 
     # warm-up (lambdify, first touch of memory), then the timed runs; CPU time is the primary measure
-    outputs_only(model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], {"CL": [0.015]}, 1e-8, 1e-10)
-    simulate(model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], parameters={"CL": [0.015]})
+    outputs_only(
+        model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], {"CL": [0.015], "WT": [70.0]}, 1e-8, 1e-10
+    )
+    simulate(
+        model, _common.regimens()["16 mg/kg Q3W x8"], times[:50], parameters={"CL": [0.015], "WT": [70.0]}
+    )
     timed: dict[str, tuple[float, float, int]] = {}  # name -> (wall s, CPU s, simulated subject-regimens)
     lean_w, lean_c, lean = _common.best_of(
         lambda: run_pkmodel_lean(model, params, times, a.chunk, a.rtol, a.atol)[2], a.repeats

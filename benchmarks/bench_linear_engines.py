@@ -102,8 +102,8 @@ def main() -> None:
     print(
         f"model adc_esg401: {len(model.state_names)} linear states; {a.n} subjects, {len(times)} hourly outputs"
     )
-    simulate(model, reg, times[:10], parameters={"CL": [0.015]}, engine="exact")  # warm-up
-    simulate(model, reg, times[:10], parameters={"CL": [0.015]}, engine="ode")
+    simulate(model, reg, times[:10], parameters={"CL": [0.015], "WT": [70.0]}, engine="exact")  # warm-up
+    simulate(model, reg, times[:10], parameters={"CL": [0.015], "WT": [70.0]}, engine="ode")
 
     t0 = time.process_time()
     exact = simulate(model, reg, times, parameters=params, engine="exact")
