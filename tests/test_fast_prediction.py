@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from pkmodel import Bolus, Infusion, Regimen, load_model, simulate
+from pkmodel.errors import SimulationError
 from pkmodel.estimation import population_objective
-from pkmodel.estimation._linear import ModalPredictor, subject_design
+from pkmodel.estimation._linear import ModalPredictor, _column_norms, _norm1, subject_design
 from pkmodel.fitting import build_problem, load_fit_spec
 from pkmodel.model import fits_dir, models_dir
 
@@ -239,6 +240,18 @@ def test_complex_eigenvalues(tmp_path):
         )
 
 
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_matrix_norms_of_stacked_small_matrices_are_numpys(n):
+    rng = np.random.default_rng(n)
+    real = rng.normal(size=(3, 4, n, n))
+    complex_ = real + 1j * rng.normal(size=(3, 4, n, n))
+    for a in (real, complex_):
+        np.testing.assert_allclose(_norm1(a), np.linalg.norm(a, 1, axis=(-2, -1)), rtol=1e-14)
+        np.testing.assert_allclose(_column_norms(a), np.linalg.norm(a, axis=-2, keepdims=True), rtol=1e-14)
+    real[1, 2, 0, 0] = np.nan  # a NaN makes its norm NaN, as numpy's
+    assert np.isnan(_norm1(real)[1, 2]) and np.isfinite(np.delete(_norm1(real).ravel(), 6)).all()
+
+
 def test_ill_conditioned_sets_are_left_to_the_exact_engine():
     # KA = CL/V: a defective K (double eigenvalue) — no eigenvector basis; the modal path must decline
     model = load_model("one_compartment_oral")
@@ -275,6 +288,29 @@ def test_predict_many_equals_predict_batch_and_falls_back(theoph):
         scale = np.max(np.where(ok, np.abs(batch), 0.0), axis=1, keepdims=True)
         assert np.all(np.abs(ours - batch)[ok] <= (1e-9 * np.abs(batch) + 1e-12 * scale)[ok])
     assert np.isnan(many[1, 2, : subjects[1].n_obs]).all()
+
+
+def test_a_failing_set_leaves_the_other_sets_of_its_simulation_predicted(theoph, monkeypatch):
+    import pkmodel.fitting._problem as problem_module
+
+    subject = theoph.subjects[2]
+    params = {"KA": np.array([1.2, 1.5, 1.9, 2.4, 3.0]), "CL": np.full(5, 0.04), "V": np.full(5, 0.45)}
+    # oracle: each set simulated on its own
+    alone = np.array(
+        [theoph.predict_batch(subject, {k: v[[j]] for k, v in params.items()})[0] for j in range(5)]
+    )
+    real = problem_module.simulate
+
+    def fails_for_one_set(*args, parameters, **kwargs):
+        if np.any(np.asarray(parameters["KA"]) == 1.9):
+            raise SimulationError("the ODE solver failed (test)")
+        return real(*args, parameters=parameters, **kwargs)
+
+    monkeypatch.setattr(problem_module, "simulate", fails_for_one_set)
+    ours = theoph.predict_batch(subject, params)
+    assert np.isnan(ours[2]).all()
+    others = [0, 1, 3, 4]
+    np.testing.assert_allclose(ours[others], alone[others], rtol=1e-12, atol=0)
 
 
 def test_population_objective_is_the_same_with_and_without_predict_many(theoph):

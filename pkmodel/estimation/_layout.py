@@ -59,6 +59,9 @@ class ParameterSpace:
             scales.append(abs(t.initial) if (not lo and not hi and t.initial != 0) else 1.0)
         self.theta_kind = tuple(kinds)
         self.theta_scale = np.array(scales)
+        self._kind_masks = [
+            np.array([k == kind for k in kinds], dtype=bool) for kind in ("log", "neglog", "logit")
+        ]
 
         self.eta_names = problem.eta_names
         q = len(self.eta_names)
@@ -109,33 +112,30 @@ class ParameterSpace:
 
     # ---- thetas -------------------------------------------------------------------------------
     def _theta_to_t(self, theta: np.ndarray) -> np.ndarray:
-        out = np.empty_like(theta)
-        for k, kind in enumerate(self.theta_kind):
-            lo, hi, v = self.theta_lower[k], self.theta_upper[k], theta[k]
-            if kind == "log":
-                out[k] = math.log(v - lo) if v > lo else -math.inf
-            elif kind == "neglog":
-                out[k] = math.log(hi - v) if v < hi else -math.inf
-            elif kind == "logit":
-                u = (v - lo) / (hi - lo)
-                out[k] = math.log(u / (1.0 - u)) if 0 < u < 1 else math.copysign(math.inf, u - 0.5)
-            else:
-                out[k] = v / self.theta_scale[k]
-        return out
+        """θ (..., n_theta) → the optimiser's scale (infinite on or outside a bound)."""
+        lo, hi = self.theta_lower, self.theta_upper
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = (theta - lo) / (hi - lo)
+            return np.select(
+                self._kind_masks,
+                [
+                    np.where(theta > lo, np.log(theta - lo), -np.inf),
+                    np.where(theta < hi, np.log(hi - theta), -np.inf),
+                    np.where((u > 0) & (u < 1), np.log(u / (1.0 - u)), np.copysign(np.inf, u - 0.5)),
+                ],
+                theta / self.theta_scale,
+            )
 
     def _t_to_theta(self, t: np.ndarray) -> np.ndarray:
-        out = np.empty_like(t)
-        for k, kind in enumerate(self.theta_kind):
-            lo, hi = self.theta_lower[k], self.theta_upper[k]
-            if kind == "log":
-                out[k] = lo + math.exp(min(t[k], 700.0))
-            elif kind == "neglog":
-                out[k] = hi - math.exp(min(t[k], 700.0))
-            elif kind == "logit":
-                out[k] = lo + (hi - lo) / (1.0 + math.exp(-max(min(t[k], 700.0), -700.0)))
-            else:
-                out[k] = t[k] * self.theta_scale[k]
-        return out
+        """The optimiser's scale (..., n_theta) → θ."""
+        lo, hi = self.theta_lower, self.theta_upper
+        with np.errstate(over="ignore", invalid="ignore"):
+            grow = np.exp(np.minimum(t, 700.0))
+            return np.select(
+                self._kind_masks,
+                [lo + grow, hi - grow, lo + (hi - lo) / (1.0 + np.exp(-np.clip(t, -700.0, 700.0)))],
+                t * self.theta_scale,
+            )
 
     # ---- optimiser space x -------------------------------------------------------------------
     def initial(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,47 +143,59 @@ class ParameterSpace:
         return self.theta_initial.copy(), self.omega_initial.copy(), self.sigma_initial.copy()
 
     def to_x(self, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        """Natural parameters → optimiser vector (free parameters only)."""
-        parts = [self._theta_to_t(theta)[~self.theta_fixed]]
+        """Natural parameters → optimiser vector (free parameters only).
+
+        Vectorised: θ (..., n_theta), Ω (..., q, q), σ (..., n_sigma) → x (..., n_x).
+
+        Raises
+        ------
+        numpy.linalg.LinAlgError
+            If a free block of Ω is not positive definite.
+        """
+        theta, omega, sigma = (np.asarray(v, dtype=float) for v in (theta, omega, sigma))
+        parts = [self._theta_to_t(theta)[..., ~self.theta_fixed]]
         for block in self.blocks:
             if block.fixed:
                 continue
-            sub = omega[np.ix_(block.index, block.index)]
-            chol = np.linalg.cholesky(sub)
+            chol = np.linalg.cholesky(omega[..., block.index[:, None], block.index[None, :]])
             scale = self.eta_scale[block.index]
-            values = []
             for a in range(block.size):
                 for b in range(a + 1):
-                    values.append(math.log(chol[a, a]) if a == b else chol[a, b] / scale[a])
-            parts.append(np.array(values))
-        parts.append(np.log(sigma[~self.sigma_fixed]))
-        return np.concatenate(parts) if parts else np.zeros(0)
+                    value = np.log(chol[..., a, a]) if a == b else chol[..., a, b] / scale[a]
+                    parts.append(value[..., None])
+        parts.append(np.log(sigma[..., ~self.sigma_fixed]))
+        return np.concatenate(parts, axis=-1)
 
     def from_x(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Optimiser vector → natural parameters (θ, Ω, σ)."""
+        """Optimiser vector → natural parameters (θ, Ω, σ).
+
+        Vectorised: x (..., n_x) → θ (..., n_theta), Ω (..., q, q), σ (..., n_sigma).
+        """
         x = np.asarray(x, dtype=float)
-        pos = 0
-        theta = self.theta_initial.copy()
-        n = int(np.sum(~self.theta_fixed))
-        t = self._theta_to_t(theta)
-        t[~self.theta_fixed] = x[pos : pos + n]
+        lead = x.shape[:-1]
+        free = ~self.theta_fixed
+        n = int(np.sum(free))
+        t = np.zeros((*lead, self.theta_initial.size))
+        t[..., free] = x[..., :n]
         theta = np.where(self.theta_fixed, self.theta_initial, self._t_to_theta(t))
-        pos += n
-        omega = self.omega_initial.copy()
+        pos = n
+        omega = np.array(np.broadcast_to(self.omega_initial, (*lead, *self.omega_initial.shape)))
         for block in self.blocks:
             if block.fixed:
                 continue
             k = block.size
-            chol = np.zeros((k, k))
+            chol = np.zeros((*lead, k, k))
             scale = self.eta_scale[block.index]
             for a in range(k):
                 for b in range(a + 1):
-                    chol[a, b] = math.exp(min(x[pos], 350.0)) if a == b else x[pos] * scale[a]
+                    chol[..., a, b] = (
+                        np.exp(np.minimum(x[..., pos], 350.0)) if a == b else x[..., pos] * scale[a]
+                    )
                     pos += 1
-            omega[np.ix_(block.index, block.index)] = chol @ chol.T
-        sigma = self.sigma_initial.copy()
+            omega[..., block.index[:, None], block.index[None, :]] = chol @ np.swapaxes(chol, -1, -2)
+        sigma = np.array(np.broadcast_to(self.sigma_initial, (*lead, self.sigma_initial.size)))
         n = int(np.sum(~self.sigma_fixed))
-        sigma[~self.sigma_fixed] = np.exp(np.minimum(x[pos : pos + n], 350.0))
+        sigma[..., ~self.sigma_fixed] = np.exp(np.minimum(x[..., pos : pos + n], 350.0))
         return theta, omega, sigma
 
     # ---- covariance space p --------------------------------------------------------------------
@@ -199,26 +211,29 @@ class ParameterSpace:
         return np.concatenate(parts)
 
     def from_p(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Free natural vector → natural parameters (θ, Ω, σ); Ω may be indefinite."""
-        pos = 0
-        theta = self.theta_initial.copy()
-        n = int(np.sum(~self.theta_fixed))
-        theta[~self.theta_fixed] = p[pos : pos + n]
-        pos += n
-        omega = self.omega_initial.copy()
+        """Free natural vector → natural parameters (θ, Ω, σ); Ω may be indefinite.
+
+        Vectorised: p (..., n_p) → θ (..., n_theta), Ω (..., q, q), σ (..., n_sigma).
+        """
+        p = np.asarray(p, dtype=float)
+        lead = p.shape[:-1]
+        free = ~self.theta_fixed
+        n = int(np.sum(free))
+        theta = np.array(np.broadcast_to(self.theta_initial, (*lead, self.theta_initial.size)))
+        theta[..., free] = p[..., :n]
+        pos = n
+        omega = np.array(np.broadcast_to(self.omega_initial, (*lead, *self.omega_initial.shape)))
         for block in self.blocks:
             if block.fixed:
                 continue
-            k = block.size
-            sub = np.zeros((k, k))
-            for a in range(k):
+            for a in range(block.size):
                 for b in range(a + 1):
-                    sub[a, b] = sub[b, a] = p[pos]
+                    i, j = block.index[a], block.index[b]
+                    omega[..., i, j] = omega[..., j, i] = p[..., pos]
                     pos += 1
-            omega[np.ix_(block.index, block.index)] = sub
-        sigma = self.sigma_initial.copy()
+        sigma = np.array(np.broadcast_to(self.sigma_initial, (*lead, self.sigma_initial.size)))
         n = int(np.sum(~self.sigma_fixed))
-        sigma[~self.sigma_fixed] = p[pos : pos + n]
+        sigma[..., ~self.sigma_fixed] = p[..., pos : pos + n]
         return theta, omega, sigma
 
     def p_scale(self, p: np.ndarray, omega: np.ndarray) -> np.ndarray:
@@ -236,10 +251,12 @@ class ParameterSpace:
                     pos += 1
         return scale
 
-    def theta_in_bounds(self, theta: np.ndarray) -> bool:
-        """True when every free theta lies strictly inside its bounds."""
+    def theta_in_bounds(self, theta: np.ndarray) -> bool | np.ndarray:
+        """True when every free theta lies strictly inside its bounds (θ (..., n_theta) → bool (...))."""
         free = ~self.theta_fixed
-        return bool(np.all((theta[free] > self.theta_lower[free]) & (theta[free] < self.theta_upper[free])))
+        theta = np.asarray(theta)[..., free]
+        inside = np.all((theta > self.theta_lower[free]) & (theta < self.theta_upper[free]), axis=-1)
+        return bool(inside) if inside.ndim == 0 else inside
 
 
 class DataArrays:
@@ -278,6 +295,8 @@ class DataArrays:
             raise EstimationError("the problem has no observations; nothing to fit")
 
     def residual_sds(self, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-observation additive and proportional SDs, each (n_subjects, nmax) (0 if absent)."""
-        ext = np.append(sigma, 0.0)
-        return ext[self.add_index], ext[self.prop_index]
+        """Per-observation additive and proportional SDs: σ (..., n_sigma) → each (..., n_subjects, nmax)
+        (0 where the model has no such component)."""
+        sigma = np.asarray(sigma, dtype=float)
+        ext = np.concatenate([sigma, np.zeros((*sigma.shape[:-1], 1))], axis=-1)
+        return ext[..., self.add_index], ext[..., self.prop_index]

@@ -223,6 +223,7 @@ class _Assembly:
     p_bolus: np.ndarray
     d_targets: np.ndarray  # (U,) distinct targets with dose terms
     d_starts: np.ndarray  # (U,) first term of each in the (target-sorted) term arrays
+    d_single: bool  # one term per target (U = E): the terms need no summing
     g_target: np.ndarray  # (G,)
     g_src: np.ndarray
     g_dt: np.ndarray
@@ -232,6 +233,7 @@ class _Assembly:
     o_column: np.ndarray  # (N,) its column in the subject's observations
     o_output: np.ndarray  # (N,) its output
     o_target: np.ndarray  # (N,) its target
+    o_starts: np.ndarray | None  # (M,) first observation of each subject; None if one has none
 
 
 def _assemble(designs: Sequence[SubjectDesign]) -> _Assembly:
@@ -265,6 +267,7 @@ def _assemble(designs: Sequence[SubjectDesign]) -> _Assembly:
         return np.concatenate([getattr(d, name) for d in designs])
 
     d_subject = cat("ds", int)
+    counts = [d.obs_row.size for d in designs]  # observations per subject
     table = np.stack(
         [d_subject, field("dose_cmt"), field("dose_amount"), field("dose_width"), field("dose_bolus")], axis=1
     ).astype(float)
@@ -287,6 +290,7 @@ def _assemble(designs: Sequence[SubjectDesign]) -> _Assembly:
         p_bolus=pieces[:, 4],
         d_targets=targets,
         d_starts=starts,
+        d_single=targets.size == d_target.size,
         g_target=cat("gt", int),
         g_src=cat("gs", int),
         g_dt=cat("gdt"),
@@ -296,6 +300,7 @@ def _assemble(designs: Sequence[SubjectDesign]) -> _Assembly:
         o_column=cat("oc", int),
         o_output=field("obs_output").astype(int),
         o_target=cat("oj", int),
+        o_starts=np.cumsum([0, *counts[:-1]]).astype(int) if min(counts) > 0 else None,
     )
 
 
@@ -315,6 +320,9 @@ class ModalPredictor:
         self.num = model.numeric
         self._cache: dict[tuple, _Assembly] = {}
         self.blocks = _triangular_blocks(self.num.n_states, self.num._k_index)
+        # no constant input and no initial amounts (most PK models: b and x0 are the constant 0): without
+        # steady-state doses the state starts from 0 and only the dose terms remain
+        self.zero_base = all(not f.varying and not np.any(f.values) for f in (self.num._b, self.num._initial))
 
     def assembly(self, key: tuple, designs: Sequence[SubjectDesign]) -> _Assembly:
         hit = self._cache.get(key)
@@ -347,29 +355,32 @@ class ModalPredictor:
         m_count, k_count, _ = args.shape
         p = np.moveaxis(args, 2, 0)  # (n_args, M, K)
         K = num.rate_matrix(p)  # (M, K, n, n)
-        b = num.input_vector(p)  # (M, K, n)
-        x0 = np.moveaxis(num.initial(p), 0, -1)  # (M, K, n)
         with np.errstate(all="ignore"):
             lam, V, Vinv, usable = _eig(K, self.blocks)
-            cond = np.linalg.norm(V, 1, axis=(-2, -1)) * np.linalg.norm(Vinv, 1, axis=(-2, -1))
+            cond = _norm1(V) * _norm1(Vinv)
         done = usable & np.isfinite(cond) & (cond <= COND_LIMIT)
-        # modal coordinates of b and x0; sources: x0 per subject, then one state per SS dose
-        cb = np.einsum("mkij,mkj->mki", Vinv, b)
-        sources = [np.einsum("mkij,mkj->mki", Vinv, x0)]
+        ts = asm.t_subject
         with np.errstate(all="ignore"):
-            for q, (i, amount, duration, tau, include_b) in enumerate(asm.ss):
-                m = asm.ss_subject[q]
-                z, ok = _steady_state(lam[m], Vinv[m, :, :, i], cb[m], amount, duration, tau, include_b)
-                done[m] &= ok
-                sources.append(z[None])
-            src = np.concatenate(sources, axis=0)  # (M + Q, K, n)
-            ts = asm.t_subject
-            if np.any(src) or np.any(cb):  # initial amounts, steady states or a constant input
-                lam_t = lam[ts]  # (J, K, n)
-                dt0 = asm.origin_dt[:, None, None]
-                z = np.exp(lam_t * dt0) * src[asm.origin_src] + dt0 * _phi1(lam_t * dt0) * cb[ts]
-            else:
+            if self.zero_base and not asm.ss:
                 z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=lam.dtype)
+            else:
+                # modal coordinates of b and x0; sources: x0 per subject, then one state per SS dose
+                b = num.input_vector(p)  # (M, K, n)
+                x0 = np.moveaxis(num.initial(p), 0, -1)  # (M, K, n)
+                cb = np.einsum("mkij,mkj->mki", Vinv, b)
+                sources = [np.einsum("mkij,mkj->mki", Vinv, x0)]
+                for q, (i, amount, duration, tau, include_b) in enumerate(asm.ss):
+                    m = asm.ss_subject[q]
+                    z, ok = _steady_state(lam[m], Vinv[m, :, :, i], cb[m], amount, duration, tau, include_b)
+                    done[m] &= ok
+                    sources.append(z[None])
+                src = np.concatenate(sources, axis=0)  # (M + Q, K, n)
+                if np.any(src) or np.any(cb):  # initial amounts, steady states or a constant input
+                    lam_t = lam[ts]  # (J, K, n)
+                    dt0 = asm.origin_dt[:, None, None]
+                    z = np.exp(lam_t * dt0) * src[asm.origin_src] + dt0 * _phi1(lam_t * dt0) * cb[ts]
+                else:
+                    z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=lam.dtype)
             if asm.d_subject.size:
                 # per delivered piece (bolus, or infusion part of width w): (1 or w·φ₁(λw))·a·V⁻¹e_c
                 w = asm.p_width[:, None, None]
@@ -378,7 +389,7 @@ class ModalPredictor:
                 )  # (P, K, n)
                 terms = np.exp(lam[asm.d_subject] * asm.d_v[:, None, None])
                 terms *= piece[asm.d_piece]  # (E, K, n): decayed from the end of the piece to the target
-                z[asm.d_targets] += np.add.reduceat(terms, asm.d_starts, axis=0)
+                z[asm.d_targets] += terms if asm.d_single else np.add.reduceat(terms, asm.d_starts, axis=0)
             if asm.g_target.size:
                 lam_g = lam[asm.t_subject[asm.g_target]]
                 np.add.at(z, asm.g_target, np.exp(lam_g * asm.g_dt[:, None, None]) * src[asm.g_src])
@@ -391,9 +402,12 @@ class ModalPredictor:
             values = num.outputs(asm.t_time[:, None], np.moveaxis(x, 2, 0), np.moveaxis(args[ts], 2, 0))
         # a non-finite observed value (overflow, an unstable mode): let the exact engine decide
         observed = np.isfinite(values[asm.o_output, asm.o_target, :])  # (N, K)
-        bad = np.zeros((m_count, k_count), dtype=bool)
-        np.logical_or.at(bad, asm.o_subject, ~observed)
-        done &= ~bad
+        if asm.o_starts is not None:  # (observations are in subject order)
+            done &= ~np.logical_or.reduceat(~observed, asm.o_starts, axis=0)
+        else:
+            bad = np.zeros((m_count, k_count), dtype=bool)
+            np.logical_or.at(bad, asm.o_subject, ~observed)
+            done &= ~bad
         return values, done
 
 
@@ -462,8 +476,7 @@ def _eig(
             x, ok = _solve(A, rhs)
             usable &= ok
             V[..., a:e, :a] = np.swapaxes(x, -1, -2)
-    norms = np.linalg.norm(V, axis=-2, keepdims=True)
-    V /= norms
+    V /= _column_norms(V)
     for a, e in itertools.pairwise(edges):
         inv_cc, ok = _small_inverse(V[..., a:e, a:e])
         usable &= ok
@@ -476,6 +489,31 @@ def _eig(
     Y_out = np.empty_like(Y)
     Y_out[..., :, perm] = Y
     return lam, V_out, Y_out, usable
+
+
+def _norm1(A: np.ndarray) -> np.ndarray:
+    """The 1-norm (largest column sum of ``|A|``) of stacked small matrices (..., n, n) → (...).
+
+    The same as ``np.linalg.norm(A, 1, axis=(-2, -1))``; the loops over the matrix's rows and columns
+    are several times faster than numpy's reductions over such short axes.
+    """
+    magnitude = np.abs(A)
+    sums = magnitude[..., 0, :].copy()
+    for i in range(1, A.shape[-2]):
+        sums += magnitude[..., i, :]
+    out = sums[..., 0]
+    for j in range(1, A.shape[-1]):
+        out = np.maximum(out, sums[..., j])
+    return out
+
+
+def _column_norms(V: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the columns of stacked small matrices (..., n, n) → (..., 1, n) (see _norm1)."""
+    squares = V.real**2 + V.imag**2 if np.iscomplexobj(V) else V * V
+    total = squares[..., 0:1, :].copy()
+    for i in range(1, V.shape[-2]):
+        total += squares[..., i : i + 1, :]
+    return np.sqrt(total)
 
 
 def _small_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -59,19 +59,27 @@ class CovarianceStep:
     condition_number: float
 
 
-def central_hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def central_hessian(
+    fun: Callable[[np.ndarray], float] | Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    steps: np.ndarray,
+    vectorized: bool = False,
+) -> np.ndarray:
     """Hessian of a scalar function by central differences.
 
     ``H_kk = (f(x+h_k) − 2f(x) + f(x−h_k))/h_k²`` and
-    ``H_kl = (f(++) − f(+−) − f(−+) + f(−−))/(4 h_k h_l)``; ``2n²`` evaluations.
+    ``H_kl = (f(++) − f(+−) − f(−+) + f(−−))/(4 h_k h_l)``; ``2n² + 1`` evaluations.
 
     Parameters
     ----------
     fun : callable
-        ``fun(x) -> float``.
+        ``fun(x) -> float``; with ``vectorized``, ``fun(points) -> values`` for points of shape (k, n)
+        and values of shape (k,) (the whole stencil is then one call).
     x : ndarray, shape (n,)
     steps : ndarray, shape (n,)
         Step per coordinate.
+    vectorized : bool
+        ``fun`` takes all points at once.
 
     Returns
     -------
@@ -87,26 +95,26 @@ def central_hessian(fun: Callable[[np.ndarray], float], x: np.ndarray, steps: np
     """
     x = np.asarray(x, dtype=float)
     n = x.size
-    f0 = fun(x)
-    hess = np.zeros((n, n))
-    plus = np.zeros(n)
-    minus = np.zeros(n)
+    shifts = np.diag(np.asarray(steps, dtype=float))
+    pairs = [(k, m) for k in range(n) for m in range(k)]
+    points = [x]
     for k in range(n):
-        e = np.zeros(n)
-        e[k] = steps[k]
-        plus[k] = fun(x + e)
-        minus[k] = fun(x - e)
-        hess[k, k] = (plus[k] - 2.0 * f0 + minus[k]) / steps[k] ** 2
-    for k in range(n):
-        for m in range(k):
-            ek = np.zeros(n)
-            em = np.zeros(n)
-            ek[k] = steps[k]
-            em[m] = steps[m]
-            value = (fun(x + ek + em) - fun(x + ek - em) - fun(x - ek + em) + fun(x - ek - em)) / (
-                4.0 * steps[k] * steps[m]
-            )
-            hess[k, m] = hess[m, k] = value
+        points += [x + shifts[k], x - shifts[k]]
+    for k, m in pairs:
+        points += [
+            x + shifts[k] + shifts[m],
+            x + shifts[k] - shifts[m],
+            x - shifts[k] + shifts[m],
+            x - shifts[k] - shifts[m],
+        ]
+    stencil = np.array(points)
+    values = np.asarray(fun(stencil) if vectorized else [fun(p) for p in stencil], dtype=float)
+    f0 = values[0]
+    plus, minus = values[1 : 1 + 2 * n : 2], values[2 : 2 + 2 * n : 2]
+    hess = np.diag((plus - 2.0 * f0 + minus) / steps**2)
+    for c, (k, m) in enumerate(pairs):
+        pp, pm, mp, mm = values[1 + 2 * n + 4 * c : 5 + 2 * n + 4 * c]
+        hess[k, m] = hess[m, k] = (pp - pm - mp + mm) / (4.0 * steps[k] * steps[m])
     hess[~np.isfinite(hess)] = np.nan
     return hess
 
@@ -190,20 +198,33 @@ def covariance_from_hessian(
 
 
 def covariance_step(
-    engine, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray, eta: np.ndarray
+    engine,
+    theta: np.ndarray,
+    omega: np.ndarray,
+    sigma: np.ndarray,
+    eta: np.ndarray,
+    eta_start: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> CovarianceStep:
-    """Covariance step of a population fit at (θ, Ω, σ) with η̂ ``eta`` as warm start (private use)."""
+    """Covariance step of a population fit at (θ, Ω, σ) with η̂ ``eta`` (private use).
+
+    The whole stencil of the Hessian is one batched evaluation of the objective (its η̂ found together),
+    warm-started at ``eta_start(θ, Ω, σ)`` for the stencil's points (B, ...) → (B, n_subjects, n_eta)
+    (default: all at ``eta``).
+    """
     space = engine.space
     p0 = space.to_p(theta, omega, sigma)
     scale = space.p_scale(p0, omega)
 
-    def objective(p: np.ndarray) -> float:
-        th, om, sg = space.from_p(p)
-        if not space.theta_in_bounds(th):
-            return math.nan
-        value, _, _ = engine.evaluate(th, om, sg, eta)
-        return value.ofv if math.isfinite(value.ofv) else math.nan
+    def objectives(points: np.ndarray) -> np.ndarray:
+        th, om, sg = space.from_p(points)
+        inside = np.flatnonzero(space.theta_in_bounds(th))
+        th, om, sg = th[inside], om[inside], sg[inside]
+        starts = eta if eta_start is None else eta_start(th, om, sg)
+        values = np.full(len(points), math.nan)
+        for j, value in zip(inside, engine.evaluate_many(th, om, sg, starts), strict=True):
+            values[j] = value.ofv if math.isfinite(value.ofv) else math.nan
+        return values
 
-    hessian = central_hessian(objective, p0, _RELATIVE_STEP * scale)
+    hessian = central_hessian(objectives, p0, _RELATIVE_STEP * scale, vectorized=True)
     floor = 4.0 * _POPULATION_OFV_NOISE / _RELATIVE_STEP**2
     return covariance_from_hessian(hessian, p0, scale, space.p_names, noise_floor=floor)

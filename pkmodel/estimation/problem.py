@@ -502,7 +502,7 @@ class PopulationProblem:
     predict_many : callable, optional
         ``predict_many(subjects, params: dict[str, ndarray (M, K)]) -> ndarray (M, K, L)``: K parameter
         sets for each of M subjects at once, ``L >= max n_obs`` (entries past a subject's ``n_obs`` are
-        ignored).  When given, the population engine uses it for every prediction (one call per
+        ignored; so are the predictions of NaN parameter sets, which pad subjects with fewer sets).  When given, the population engine uses it for every prediction (one call per
         estimation step instead of one per subject); :class:`pkmodel.fitting.FitProblem` provides it
         for linear models.  It must agree with ``predict_batch``/``predict``.
 

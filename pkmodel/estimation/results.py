@@ -280,7 +280,7 @@ def build_population_result(
     data = engine.data
     problem = engine.problem
     subjects = problem.subjects
-    theta, omega, sigma = context.theta, context.omega, context.sigma
+    theta, omega, sigma = context.theta[0], context.omega[0], context.sigma[0]  # (a one-point context)
     eta = value.eta
     q = engine.n_eta
     n = len(subjects)
@@ -316,26 +316,21 @@ def build_population_result(
         except np.linalg.LinAlgError:
             pass
 
-    obs_rows = []
-    for i, s in enumerate(subjects):
-        m = s.n_obs
-        obs_rows.append(
-            pd.DataFrame(
-                {
-                    "ID": [s.id] * m,
-                    "TIME": s.time,
-                    "OUTPUT": s.output,
-                    "DV": s.dv,
-                    "BLQ": s.blq,
-                    "LLOQ": s.lloq,
-                    "PRED": pred[i, :m],
-                    "IPRED": ipred[i, :m],
-                    "IWRES": iwres[i, :m],
-                    "CWRES": cwres[i, :m],
-                }
-            )
-        )
-    observations = pd.concat(obs_rows, ignore_index=True)
+    used = data.mask  # (N, nmax): each subject's observations, in order
+    observations = pd.DataFrame(
+        {
+            "ID": [s.id for s in subjects for _ in range(s.n_obs)],
+            "TIME": np.concatenate([s.time for s in subjects]),
+            "OUTPUT": np.concatenate([s.output for s in subjects]),
+            "DV": np.concatenate([s.dv for s in subjects]),
+            "BLQ": np.concatenate([s.blq for s in subjects]),
+            "LLOQ": np.concatenate([s.lloq for s in subjects]),
+            "PRED": pred[used],
+            "IPRED": ipred[used],
+            "IWRES": iwres[used],
+            "CWRES": cwres[used],
+        }
+    )
 
     phi = engine.individual(context.typical, eta) if q else context.typical
     subj = pd.DataFrame({"ID": [s.id for s in subjects]})

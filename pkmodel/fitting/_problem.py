@@ -175,7 +175,8 @@ class FitProblem:
         -------
         ndarray, shape (k, n_obs)
             Each observation's prediction in its output's unit; NaN for a parameter set outside the
-            model's bounds or where the simulation fails (the estimation engine then backs off).
+            model's bounds or where its simulation fails (the estimation engine then backs off); the other
+            sets are still predicted.
         """
         data: _SubjectData = subject.data
         values = [np.atleast_1d(np.asarray(params[name], dtype=float)) for name in self._listed]
@@ -202,6 +203,13 @@ class FitProblem:
                 engine=self.spec.options.engine,
             )
         except SimulationError:
+            # one failing set fails the whole (stacked) simulation: halve the sets until the failing ones are
+            # alone, so that only they are NaN (a batched estimation step simulates many sets at once)
+            index = np.flatnonzero(ok)
+            if index.size > 1:
+                for part in np.array_split(index, 2):
+                    values = {name: row[part] for name, row in zip(self._listed, stacked, strict=True)}
+                    out[part] = self.predict_batch(subject, values)
             return out
         block = np.empty((int(np.count_nonzero(ok)), data.n_obs))
         for output, columns, time_rows in data.gather:
@@ -432,7 +440,7 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
         if len(obs) == 0:
             no_obs.append(sid)
             continue
-        out_names = obs["DVID"].map(dvid_map).to_numpy()
+        out_names = np.array([dvid_map[d] for d in obs["DVID"].to_numpy()], dtype=object)
         dv = obs["DV"].to_numpy(dtype=float)
         blq = obs["BLQ"].to_numpy(dtype=bool)
         bad = np.flatnonzero(np.isin(out_names, list(log_outputs)) & ~blq & ~(dv > 0))
@@ -456,13 +464,12 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
                 constants[c] = spec.covariate_values[c]
             else:
                 constants[c] = _covariate_value(spec, dataset, records, c, f"data ({c})", sid)
-        cov_values = {
-            c.covariate: _covariate_value(
-                spec, dataset, records, c.covariate, f"parameters.{p.name}.covariates.{c.covariate}", sid
-            )
-            for p in spec.parameters
-            for c in p.covariates
-        }
+        cov_values: dict[str, float] = {}
+        for p in spec.parameters:
+            for c in p.covariates:
+                if c.covariate not in cov_values:  # (one covariate may act on several parameters)
+                    key = f"parameters.{p.name}.covariates.{c.covariate}"
+                    cov_values[c.covariate] = _covariate_value(spec, dataset, records, c.covariate, key, sid)
         weight = (
             _covariate_value(spec, dataset, records, "WT", "data.dose_unit", sid)
             if weight_from_data
