@@ -160,6 +160,15 @@ def observation_terms(
             dell = np.where(censored, -2.0 * mills * dz, dell)
             weight = np.where(censored, weight_c, weight)
             d2ell = np.where(censored, weight_c - 2.0 * mills * d2z, d2ell)
+            # a censored record whose residual SD is 0 (a proportional error where the prediction is 0,
+            # e.g. a pre-dose sample below the LLOQ): Y = f exactly, so P(Y < LLOQ) = 1 when LLOQ > f —
+            # the limit of Φ(z) as z → +∞, with every derivative → 0 (not ∞·0)
+            point = censored & (sd == 0)
+            if np.any(point):
+                ell = np.where(point, np.where(y > mu, 0.0, np.inf), ell)
+                dell = np.where(point, 0.0, dell)
+                weight = np.where(point, 0.0, weight)
+                d2ell = np.where(point, 0.0, d2ell)
         ell = np.where(np.isfinite(ell), ell, np.nan)
         return ObservationTerms(
             ell=ell,

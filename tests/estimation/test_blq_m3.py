@@ -191,3 +191,41 @@ def test_blq_flag_without_lloq_is_an_error():
 def test_value_below_lloq_not_flagged_is_an_error():
     with pytest.raises(EstimationError, match=r"below their LLOQ but not flagged BLQ; flag them"):
         Subject(7, dv=[1.0, 0.1], lloq=[0.5, 0.5], blq=np.array([False, False]))
+
+
+@pytest.mark.parametrize("method", ["foce-i", "foce"])
+def test_pre_dose_blq_with_proportional_error_contributes_probability_one(method):
+    # f = A·K·t·e^(−K·t) is 0 at t = 0, so a proportional error has SD 0 there: the model says Y = 0
+    # exactly and a record below LLOQ = 0.5 has probability 1 (−2 log 1 = 0, no information on η).
+    # Oracle: the same data without the t = 0 records.  (Before the fix the objective was infinite.)
+    t = np.array([0.0, 1.0, 2.0, 4.0, 8.0])
+    dv = [np.array([0.0, 2.0, 3.1, 2.9, 1.2]), np.array([0.0, 1.7, 2.6, 3.3, 1.5])]
+
+    def predict(s, p):
+        with np.errstate(invalid="ignore", over="ignore"):  # K = ∞ at η far out in a line search
+            return p["A"][:, None] * p["K"][:, None] * s.time[None] * np.exp(-np.outer(p["K"], s.time))
+
+    def build(first: int) -> PopulationProblem:
+        return PopulationProblem(
+            [
+                Subject(i + 1, dv=dv[i][first:], time=t[first:], lloq=np.full(5 - first, 0.5))
+                for i in range(2)
+            ],
+            [Theta("K", 0.3, lower=0.0), Theta("A", 10.0, lower=0.0)],
+            [IndividualParameter("K", theta="K", eta="eta_K"), IndividualParameter("A", theta="A")],
+            [OmegaBlock(["eta_K"], [0.1])],
+            [ResidualError("proportional", proportional=0.15)],
+            predict_batch=predict,
+        )
+
+    with_pre_dose, without = build(0), build(1)
+    assert with_pre_dose.subjects[0].blq[0]
+    a, b = population_objective(with_pre_dose, method), population_objective(without, method)
+    assert math.isfinite(a.ofv)
+    assert a.ofv == pytest.approx(b.ofv, rel=1e-12)
+    np.testing.assert_allclose(a.eta, b.eta, rtol=0, atol=1e-10)
+    fit_a = fit_population(with_pre_dose, method=method, covariance=False)
+    fit_b = fit_population(without, method=method, covariance=False)
+    assert fit_a.ofv == pytest.approx(fit_b.ofv, rel=1e-9)
+    for name in ("K", "A"):
+        assert fit_a.theta[name] == pytest.approx(fit_b.theta[name], rel=1e-6)
