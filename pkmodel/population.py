@@ -492,7 +492,8 @@ def simulate_metrics(
         ``metrics_fn(result)`` → DataFrame with an ID column, called with the
         :class:`~pkmodel.SimulationResult` of each chunk on ``times``.  Default: the exposure table —
         :func:`pkmodel.exposure.exposure_metrics` (exact, no simulation grid) for a linear model,
-        :func:`pkmodel.exposure.exposure_from_result` on ``times`` otherwise.
+        :func:`pkmodel.exposure.exposure_from_result` on ``times`` otherwise (the chunks then simulate only
+        the analytes, without the state array, unless ``outputs`` or ``keep_states`` are given).
     times : array_like, optional
         Simulation grid (h); default :func:`pkmodel.exposure.exposure_times` of the regimen.
     chunk_size : int
@@ -556,6 +557,13 @@ def simulate_metrics(
     grid = None
     if not exact:
         grid = exposure_times(regimen, cycle_length=options.get("cycle_length")) if times is None else times
+    # the default metrics read only the analytes: simulate those alone, without the state array (for a
+    # PK/PD model on a fine grid the states are most of a chunk's memory and of its time)
+    lean: dict[str, Any] = {}
+    if metrics_fn is None and not {"outputs", "keep_states"} & set(simulate_options):
+        analytes = options.get("analytes")
+        names = [analytes] if isinstance(analytes, str) else list(analytes or model.outputs)
+        lean = {"outputs": names, "keep_states": False}
     n = len(frame)
     bar = Progress(
         n, sys.stderr.isatty() and n > chunk_size if progress is None else bool(progress), label="subjects"
@@ -567,7 +575,7 @@ def simulate_metrics(
         if exact:
             table = exposure_metrics(model, regimen, parameters=chunk, **chunk_options)
         else:
-            result = simulate(model, regimen, grid, parameters=chunk, **simulate_options)
+            result = simulate(model, regimen, grid, parameters=chunk, **simulate_options, **lean)
             if metrics_fn is None:
                 table = exposure_from_result(result, regimen, **chunk_options)
             else:

@@ -22,7 +22,7 @@ import pytest
 
 from pkmodel import load_model, parse_regimen, simulate
 from pkmodel.errors import SimulationError
-from pkmodel.exposure import exposure_from_result, exposure_metrics
+from pkmodel.exposure import exposure_from_result, exposure_metrics, exposure_times
 from pkmodel.population import sample_population, simulate_metrics
 
 
@@ -231,3 +231,32 @@ def test_population_from_a_fit(theoph_fit):
     ka = drawn.KA.to_numpy()
     assert abs(ka.mean() - theta["KA"]) < 4 * math.sqrt(cov.loc["KA", "KA"] / reps)
     assert abs(ka.var(ddof=1) - cov.loc["KA", "KA"]) < 4 * cov.loc["KA", "KA"] * math.sqrt(2 / (reps - 1))
+
+
+def test_grid_route_simulates_only_the_analytes_without_states(monkeypatch):
+    # a nonlinear model goes through simulate on a grid; the default metrics need only the analytes, so
+    # the chunks are simulated with outputs=[...] and no state array.  Oracle: the exposure table of
+    # one full simulation (all states and outputs) of the same population.
+    import pkmodel.simulation as simulation
+
+    model = load_model("one_compartment_iv_mm")
+    pop = sample_population(model, 9, seed=4, omega={"VMAX": 0.09})
+    reg = parse_regimen("100 mg q24h x3 over 1h")
+    options = {"cycles": [1, "last"], "analytes": "CP"}
+    calls: list[dict] = []
+    original = simulation.simulate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "simulate", spy)
+    simulate_metrics(model, reg, pop, chunk_size=4, metric_options=options, progress=False)
+    assert [(c["outputs"], c["keep_states"]) for c in calls] == [(["CP"], False)] * 3
+    # one chunk, so that the stacked ODE solve is the same as the oracle's
+    lean = simulate_metrics(model, reg, pop, chunk_size=9, metric_options=options, progress=False)
+    full = original(model, reg, exposure_times(reg), parameters=pop)
+    expected = exposure_from_result(full, reg, **options).sort_values(
+        "ID", kind="stable"
+    )  # grouped by subject
+    pd.testing.assert_frame_equal(lean, expected.reset_index(drop=True), check_exact=False, rtol=1e-12)
