@@ -545,25 +545,28 @@ class Dataset:
 
 
 def _regimen(records: pd.DataFrame, dose_unit: str, name: str, where: str) -> Regimen:
-    doses = records.loc[records["EVID"].isin((1, 4))]
+    is_dose = np.isin(records["EVID"].to_numpy(), (1, 4))
+    # the dose records' fields as Python scalars, column by column (much faster than row tuples)
+    columns = ("ROW", "TIME", "AMT", "RATE", "DUR", "CMT", "II", "ADDL", "SS")
+    doses = zip(*(records[c].to_numpy()[is_dose].tolist() for c in columns), strict=True)
     events = []
-    for row in doses.itertuples(index=False):
+    for row, time, amt, rate, dur, cmt, ii, addl, ss in doses:
         common = {
-            "compartment": row.CMT if isinstance(row.CMT, str) else None,
+            "compartment": cmt if isinstance(cmt, str) else None,
             "unit": dose_unit,
-            "ii": float(row.II),
-            "addl": int(row.ADDL),
-            "ss": int(row.SS),
+            "ii": float(ii),
+            "addl": int(addl),
+            "ss": int(ss),
         }
         try:
-            if row.RATE > 0:
-                events.append(Infusion(float(row.TIME), float(row.AMT), rate=float(row.RATE), **common))
-            elif row.DUR > 0:
-                events.append(Infusion(float(row.TIME), float(row.AMT), duration=float(row.DUR), **common))
+            if rate > 0:
+                events.append(Infusion(float(time), float(amt), rate=float(rate), **common))
+            elif dur > 0:
+                events.append(Infusion(float(time), float(amt), duration=float(dur), **common))
             else:
-                events.append(Bolus(float(row.TIME), float(row.AMT), **common))
+                events.append(Bolus(float(time), float(amt), **common))
         except DosingError as err:  # validation should have caught it; say where anyway
-            raise DatasetError(f"{where} {row.ROW}: {err}") from None
+            raise DatasetError(f"{where} {row}: {err}") from None
     return Regimen(events, name=name)
 
 

@@ -413,3 +413,28 @@ def test_blq_drop_is_counted(folder):
     fp = build_problem(load_fit_spec(write(folder, BASE)))  # M3 (default): kept, censored
     assert sum(int(s.blq.sum()) for s in fp.subjects) == expected
     assert fp.notes == (f"{expected} BLQ observation(s) enter the likelihood as censored (Beal M3)",)
+
+
+def test_exclude_dvid_and_blq_drop_are_counted(folder):
+    # every third observation measures "ANC" (left out by [data] exclude_dvid); LLOQ 0.5 makes the low
+    # CP samples BLQ, dropped by blq.method = "drop": each count is worked out from the file with pandas
+    def dvid(t):
+        return ["." if e == 1 else ("ANC" if k % 3 == 0 else "CP") for k, e in enumerate(t["EVID"])]
+
+    _data_with(folder, DVID=dvid, LLOQ=lambda t: [0.5 if e == 0 else float("nan") for e in t["EVID"]])
+    table = pd.read_csv(folder / "theoph.csv")
+    observation = (table["EVID"] == 0) & (table["MDV"] == 0)
+    anc = observation & (table["DVID"] == "ANC")
+    blq = observation & (table["DVID"] == "CP") & (table["DV"] < 0.5)
+    kept = observation & (table["DVID"] == "CP") & ~blq
+    assert anc.sum() > 0 and blq.sum() > 0
+    text = edit("[data]\n", '[data]\nexclude_dvid = ["ANC"]\n') + '\n[blq]\nmethod = "drop"\n'
+    fp = build_problem(load_fit_spec(write(folder, text)))
+    assert fp.notes == (
+        f"{anc.sum()} observation(s) of DVID ANC left out of the fit ([data] exclude_dvid)",
+        f'{blq.sum()} BLQ observation(s) dropped (blq.method = "drop", M1): CP: {blq.sum()}',
+    )
+    lines = [int(i) + 2 for i in table.index[kept]]  # file line numbers (the header is line 1)
+    assert [r for s in fp.subjects for r in s.data.rows.tolist()] == lines
+    assert [d for s in fp.subjects for d in s.dv.tolist()] == table.loc[kept, "DV"].tolist()
+    assert all(set(s.data.dvid.tolist()) == {"CP"} for s in fp.subjects)

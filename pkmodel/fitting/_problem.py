@@ -254,7 +254,6 @@ def _spec_error(spec: FitSpec, key: str, message: str) -> SpecError:
 def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
     """DVID value → model output, checked against the DVIDs present in the data."""
     model = spec.model
-    obs = dataset.observations()
     absent = [d for d in spec.exclude_dvid if d not in dataset.outputs]
     if absent:
         raise _spec_error(
@@ -267,6 +266,7 @@ def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
     if spec.dvid is not None:
         unmapped = [d for d in present if d not in spec.dvid]
         if unmapped:
+            obs = dataset.observations()
             rows = obs.loc[obs["DVID"] == unmapped[0], "ROW"].head(5).tolist()
             raise _spec_error(
                 spec,
@@ -283,6 +283,7 @@ def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
         elif d == "DV" and len(model.outputs) == 1:
             mapping[d] = next(iter(model.outputs))
         else:
+            obs = dataset.observations()
             rows = obs.loc[obs["DVID"] == d, "ROW"].head(5).tolist()
             raise _spec_error(
                 spec,
@@ -297,6 +298,11 @@ def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
 def _covariate_value(
     spec: FitSpec, dataset: Dataset, records: pd.DataFrame, name: str, key: str, sid
 ) -> float:
+    column = records[name].to_numpy()
+    if column.dtype == np.float64:  # the usual case, checked in numpy: one value on every record
+        given = column[~np.isnan(column)]
+        if given.size and np.all(given == given[0]):
+            return float(given[0])
     values = records[name].dropna()
     if values.nunique() > 1:
         lines = records.loc[records[name].ne(values.iloc[0]) & records[name].notna(), "ROW"].head(3).tolist()
@@ -426,32 +432,35 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
     excluded = dict.fromkeys(spec.exclude_dvid, 0)
     for sid in dataset.ids:
         ds = dataset.subject(sid)
-        obs = ds.observations
         records = ds.records
-        if excluded and len(obs):
-            leave_out = obs["DVID"].isin(spec.exclude_dvid).to_numpy()
-            for d, n in obs.loc[leave_out, "DVID"].value_counts().items():
-                excluded[d] += int(n)
-            obs = obs.loc[~leave_out].reset_index(drop=True)
-        if spec.blq_method == "drop" and len(obs):
-            for o, n in obs.loc[obs["BLQ"], "DVID"].map(dvid_map).value_counts().items():
-                dropped_blq[o] += int(n)
-            obs = obs.loc[~obs["BLQ"].to_numpy()].reset_index(drop=True)
-        if len(obs) == 0:
+        # the used observations (EVID 0, MDV 0; those of Subject.observations) as numpy columns
+        used = (records["EVID"].to_numpy() == 0) & (records["MDV"].to_numpy() == 0)
+        obs = {c: records[c].to_numpy()[used] for c in ("ROW", "TIME", "DVID", "DV", "LLOQ", "BLQ")}
+        if excluded:
+            leave_out = np.array([d in excluded for d in obs["DVID"]], dtype=bool)
+            for d in obs["DVID"][leave_out]:
+                excluded[d] += 1
+            obs = {c: v[~leave_out] for c, v in obs.items()}
+        if spec.blq_method == "drop":
+            for d in obs["DVID"][obs["BLQ"]]:
+                dropped_blq[dvid_map[d]] += 1
+            obs = {c: v[~obs["BLQ"]] for c, v in obs.items()}
+        n_obs = len(obs["ROW"])
+        if n_obs == 0:
             no_obs.append(sid)
             continue
-        out_names = np.array([dvid_map[d] for d in obs["DVID"].to_numpy()], dtype=object)
-        dv = obs["DV"].to_numpy(dtype=float)
-        blq = obs["BLQ"].to_numpy(dtype=bool)
+        out_names = np.array([dvid_map[d] for d in obs["DVID"]], dtype=object)
+        dv = obs["DV"].astype(float)
+        blq = obs["BLQ"].astype(bool)
         bad = np.flatnonzero(np.isin(out_names, list(log_outputs)) & ~blq & ~(dv > 0))
         if bad.size:
             raise _spec_error(
                 spec,
                 f"residual.{out_names[bad[0]]}.model",
                 f"the log-additive error model needs DV > 0, but ID {sid} has DV {dv[bad[0]]:g} on line "
-                f"{int(obs['ROW'].iloc[bad[0]])}; flag it BLQ with its LLOQ, or use another error model",
+                f"{int(obs['ROW'][bad[0]])}; flag it BLQ with its LLOQ, or use another error model",
             )
-        times = obs["TIME"].to_numpy(dtype=float)
+        times = obs["TIME"].astype(float)
         unique, inverse = np.unique(times, return_inverse=True)
         gather = []
         for o in outputs:
@@ -475,7 +484,7 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             if weight_from_data
             else None
         )
-        lloq = obs["LLOQ"].to_numpy(dtype=float)
+        lloq = obs["LLOQ"].astype(float)
         arguments = design = None
         if modal is not None:
             arguments = base_arguments.copy()
@@ -490,9 +499,9 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
             gather=tuple(gather),
             constants=constants,
             weight=weight,
-            n_obs=len(obs),
-            dvid=obs["DVID"].to_numpy(dtype=object),
-            rows=obs["ROW"].to_numpy(),
+            n_obs=n_obs,
+            dvid=obs["DVID"].astype(object),
+            rows=obs["ROW"],
             arguments=arguments,
             design=design,
         )
