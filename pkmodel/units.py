@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -192,6 +193,14 @@ def parse_unit(text: str) -> Unit:
     """
     if not isinstance(text, str) or not text.strip():
         raise UnitError("a unit is required and may not be empty; write e.g. 'mg', 'L/h' or '1' for none")
+    return _parse_unit(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_unit(text: str) -> Unit:
+    """:func:`parse_unit` of a non-empty string, remembered (a Unit is immutable; a text that does not
+    parse raises every time, since errors are not cached).  Dose conversions parse the same few unit
+    strings for every dose event of every subject."""
     source = text
     s = text.replace("·", "*").replace("×", "*").strip()
     tokens: list[tuple[str, str, int]] = []
