@@ -65,10 +65,14 @@ def central_hessian(
     steps: np.ndarray,
     vectorized: bool = False,
 ) -> np.ndarray:
-    """Hessian of a scalar function by central differences.
+    """Hessian of a scalar function by central differences, second-order accurate.
 
-    ``H_kk = (f(x+h_k) − 2f(x) + f(x−h_k))/h_k²`` and
-    ``H_kl = (f(++) − f(+−) − f(−+) + f(−−))/(4 h_k h_l)``; ``2n² + 1`` evaluations.
+    ``H_kk = (f(x+h_k) − 2f(x) + f(x−h_k))/h_k²`` and, with the same points and two more per pair,
+    ``H_kl = (f(x+h_k+h_l) + f(x−h_k−h_l) − f(x+h_k) − f(x−h_k) − f(x+h_l) − f(x−h_l) + 2f(x))/(2 h_k h_l)``
+    (Abramowitz & Stegun 1964, 25.3.27; the odd and the ``h_k²``, ``h_l²`` terms of the Taylor series cancel,
+    leaving an error of order ``h²`` as with the four-point formula); ``n(n + 1) + 1`` evaluations instead
+    of the four-point formula's ``2n² + 1`` (a 6-parameter population fit: 43 instead of 73).  Rounding
+    noise ``ε`` of ``f`` gives an error of about ``1.6ε/(h_k h_l)``.
 
     Parameters
     ----------
@@ -86,6 +90,10 @@ def central_hessian(
     ndarray, shape (n, n)
         Symmetric; NaN entries where the function was not finite.
 
+    References
+    ----------
+    Abramowitz M, Stegun IA (1964) Handbook of Mathematical Functions, formula 25.3.27.
+
     Examples
     --------
     >>> fun = lambda v: v[0] ** 2 * v[1] + 3 * v[1] ** 2
@@ -94,27 +102,24 @@ def central_hessian(
     [[4.0, 2.0], [2.0, 6.0]]
     """
     x = np.asarray(x, dtype=float)
+    steps = np.asarray(steps, dtype=float)
     n = x.size
-    shifts = np.diag(np.asarray(steps, dtype=float))
+    shifts = np.diag(steps)
     pairs = [(k, m) for k in range(n) for m in range(k)]
     points = [x]
     for k in range(n):
         points += [x + shifts[k], x - shifts[k]]
     for k, m in pairs:
-        points += [
-            x + shifts[k] + shifts[m],
-            x + shifts[k] - shifts[m],
-            x - shifts[k] + shifts[m],
-            x - shifts[k] - shifts[m],
-        ]
+        points += [x + shifts[k] + shifts[m], x - shifts[k] - shifts[m]]
     stencil = np.array(points)
     values = np.asarray(fun(stencil) if vectorized else [fun(p) for p in stencil], dtype=float)
     f0 = values[0]
     plus, minus = values[1 : 1 + 2 * n : 2], values[2 : 2 + 2 * n : 2]
     hess = np.diag((plus - 2.0 * f0 + minus) / steps**2)
+    along = plus + minus  # f(x + h_k) + f(x − h_k)
     for c, (k, m) in enumerate(pairs):
-        pp, pm, mp, mm = values[1 + 2 * n + 4 * c : 5 + 2 * n + 4 * c]
-        hess[k, m] = hess[m, k] = (pp - pm - mp + mm) / (4.0 * steps[k] * steps[m])
+        pp, mm = values[1 + 2 * n + 2 * c : 3 + 2 * n + 2 * c]
+        hess[k, m] = hess[m, k] = (pp + mm - along[k] - along[m] + 2.0 * f0) / (2.0 * steps[k] * steps[m])
     hess[~np.isfinite(hess)] = np.nan
     return hess
 

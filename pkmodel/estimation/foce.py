@@ -215,8 +215,12 @@ class PopulationObjective:
         self.n_eta = self.space.n_eta
         self.n_evaluations = 0
         self.n_predict_calls = 0
-        # per subject: the last few parameter-set blocks and their predictions (see predict_rows)
-        self._cache: list[dict[bytes, np.ndarray]] = [{} for _ in self.subjects]
+        # per subject: the last few parameter-set blocks and their predictions (see predict_rows); only
+        # for problems evaluated one point at a time, where points that move Ω or σ alone reuse the last
+        # η̂ unmoved (_Outer.eta_start); in batches every warm start moves, so nothing would be found again
+        self._cache: list[dict[bytes, np.ndarray]] | None = (
+            [{} for _ in self.subjects] if self.points_per_batch == 1 else None
+        )
 
     # ---- parameter model ---------------------------------------------------------------------
     def typical(self, theta: np.ndarray) -> np.ndarray:
@@ -262,11 +266,14 @@ class PopulationObjective:
     def predict_rows(self, rows: np.ndarray, phi: np.ndarray) -> np.ndarray:
         """Predictions of subjects ``rows`` for parameter sets ``phi`` (M, K, P) → (M, K, nmax).
 
-        A subject may appear in several rows (e.g. the parameter points of a batched evaluation).  A
-        row whose sets equal those the subject was predicted at recently is not predicted again: the
-        outer gradient's points that move only Ω or σ start their η̂ search where the base point's
-        ended, with the same parameter sets (predictions are pure functions of them).
+        A subject may appear in several rows (e.g. the parameter points of a batched evaluation).  When
+        points are evaluated one at a time, a row whose sets equal those the subject was predicted at
+        recently is not predicted again: the outer gradient's points that move only Ω or σ start their
+        η̂ search where the base point's ended, with the same parameter sets (predictions are pure
+        functions of them).
         """
+        if self._cache is None:
+            return self._predict(np.asarray(rows), phi)
         out = np.empty((*phi.shape[:2], self.data.nmax))
         keys = [phi[m].tobytes() for m in range(len(rows))]
         missing = []
@@ -543,6 +550,8 @@ class PopulationObjective:
         """
         q = self.n_eta
         theta = np.asarray(theta, dtype=float)
+        if theta.shape[0] == 0:
+            return []
         omega = np.asarray(omega, dtype=float).reshape(theta.shape[0], q, q)
         sigma = np.asarray(sigma, dtype=float).reshape(theta.shape[0], -1)
         size = self.points_per_batch
@@ -750,7 +759,13 @@ class _Outer:
         """The objective at ``x`` and, with ``gradient``, its gradient, curvatures and η̂ sensitivities
         from the same batch (the value is not recomputed when ``x`` is the last point evaluated)."""
         x = np.array(x, dtype=float)
+        if gradient and self._eta_x is None and self._last is None:
+            # the first point: its η̂ alone (from η = 0), then the stencil warm-started there (from η = 0 all
+            # 2n + 1 points would need the Newton iterations of the hardest one)
+            self.evaluate(x, gradient=False)
         known = self._last is not None and np.array_equal(x, self._last[0])
+        if gradient and self._gradient is not None and np.array_equal(x, self._gradient[0]):
+            gradient = False  # (BFGS asks for the value at its start after the gradient that minimize took)
         points = [] if known else [x]
         steps = self.step * np.maximum(1.0, np.abs(x))
         if gradient:  # x + h_k e_k and x − h_k e_k for each k

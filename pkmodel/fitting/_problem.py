@@ -658,10 +658,23 @@ def typical_values(
 
 
 def _check_initial_predictions(fp: FitProblem) -> None:
-    """Predict every subject at the initial typical values; raise on configuration errors."""
+    """Predict every subject at the initial typical values; raise on configuration errors.
+
+    With the modal predictor (linear models) all subjects are predicted in one call first; only those
+    with a non-finite prediction are then simulated one by one, which raises the same error, for the
+    same first subject, as simulating them all would.
+    """
     spec = fp.spec
     initial = {t.name: t.initial for t in fp.thetas}
-    for s in fp.subjects:
+    suspects = fp.subjects
+    if fp._modal is not None and fp.subjects:
+        typical = [typical_values(spec, initial, s.covariates) for s in fp.subjects]
+        params = {name: np.array([[t[name]] for t in typical]) for name in fp._listed}
+        values = fp.predict_many(fp.subjects, params)[:, 0, :]
+        suspects = tuple(
+            s for s, row in zip(fp.subjects, values, strict=True) if not np.all(np.isfinite(row[: s.n_obs]))
+        )
+    for s in suspects:
         data: _SubjectData = s.data
         arguments = dict(data.constants)
         arguments.update(typical_values(spec, initial, s.covariates))

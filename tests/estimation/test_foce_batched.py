@@ -174,7 +174,11 @@ def test_outer_gradient_is_the_central_difference_of_separate_evaluations(theoph
     np.testing.assert_allclose(outer.jac(other), fresh.jac(other), rtol=1e-6, atol=1e-6)
 
 
-def test_remembered_predictions_are_reused_and_change_nothing(theoph_model_problem):
+def test_remembered_predictions_are_reused_and_change_nothing(theoph_model_problem, monkeypatch):
+    # only an engine that evaluates one point at a time remembers predictions (in batches every warm
+    # start moves, so nothing is predicted twice)
+    assert PopulationObjective(theoph_model_problem, "foce-i")._cache is None
+    monkeypatch.setattr(foce, "_BATCH_PREDICTIONS", 1)
     # the same point twice: the second η̂ search starts at the first's η̂, whose parameter sets were
     # predicted last, so its first Newton iteration is served from memory; the value is the same to the
     # last digit (oracle: an engine evaluating the point once)
