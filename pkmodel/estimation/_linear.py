@@ -224,6 +224,7 @@ class _Assembly:
     d_targets: np.ndarray  # (U,) distinct targets with dose terms
     d_starts: np.ndarray  # (U,) first term of each in the (target-sorted) term arrays
     d_single: bool  # one term per target (U = E): the terms need no summing
+    d_every: bool  # ... and every target has one, in order (U = E = J): the terms are z itself
     g_target: np.ndarray  # (G,)
     g_src: np.ndarray
     g_dt: np.ndarray
@@ -291,6 +292,7 @@ def _assemble(designs: Sequence[SubjectDesign]) -> _Assembly:
         d_targets=targets,
         d_starts=starts,
         d_single=targets.size == d_target.size,
+        d_every=targets.size == d_target.size == int(n_t[-1]) and np.array_equal(targets, np.arange(n_t[-1])),
         g_target=cat("gt", int),
         g_src=cat("gs", int),
         g_dt=cat("gdt"),
@@ -361,9 +363,8 @@ class ModalPredictor:
         done = usable & np.isfinite(cond) & (cond <= COND_LIMIT)
         ts = asm.t_subject
         with np.errstate(all="ignore"):
-            if self.zero_base and not asm.ss:
-                z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=lam.dtype)
-            else:
+            z = None  # the modal coordinates at every target (J, K, n); None while they are all 0
+            if not (self.zero_base and not asm.ss):
                 # modal coordinates of b and x0; sources: x0 per subject, then one state per SS dose
                 b = num.input_vector(p)  # (M, K, n)
                 x0 = np.moveaxis(num.initial(p), 0, -1)  # (M, K, n)
@@ -371,16 +372,16 @@ class ModalPredictor:
                 sources = [np.einsum("mkij,mkj->mki", Vinv, x0)]
                 for q, (i, amount, duration, tau, include_b) in enumerate(asm.ss):
                     m = asm.ss_subject[q]
-                    z, ok = _steady_state(lam[m], Vinv[m, :, :, i], cb[m], amount, duration, tau, include_b)
+                    z_ss, ok = _steady_state(
+                        lam[m], Vinv[m, :, :, i], cb[m], amount, duration, tau, include_b
+                    )
                     done[m] &= ok
-                    sources.append(z[None])
+                    sources.append(z_ss[None])
                 src = np.concatenate(sources, axis=0)  # (M + Q, K, n)
                 if np.any(src) or np.any(cb):  # initial amounts, steady states or a constant input
                     lam_t = lam[ts]  # (J, K, n)
                     dt0 = asm.origin_dt[:, None, None]
                     z = np.exp(lam_t * dt0) * src[asm.origin_src] + dt0 * _phi1(lam_t * dt0) * cb[ts]
-                else:
-                    z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=lam.dtype)
             if asm.d_subject.size:
                 # per delivered piece (bolus, or infusion part of width w): (1 or w·φ₁(λw))·a·V⁻¹e_c
                 w = asm.p_width[:, None, None]
@@ -389,7 +390,16 @@ class ModalPredictor:
                 )  # (P, K, n)
                 terms = np.exp(lam[asm.d_subject] * asm.d_v[:, None, None])
                 terms *= piece[asm.d_piece]  # (E, K, n): decayed from the end of the piece to the target
-                z[asm.d_targets] += terms if asm.d_single else np.add.reduceat(terms, asm.d_starts, axis=0)
+                if z is None and asm.d_every:  # (one dose term at every target, e.g. a single dose)
+                    z = terms
+                else:
+                    if z is None:
+                        z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=terms.dtype)
+                    z[asm.d_targets] += (
+                        terms if asm.d_single else np.add.reduceat(terms, asm.d_starts, axis=0)
+                    )
+            if z is None:
+                z = np.zeros((ts.size, k_count, lam.shape[-1]), dtype=lam.dtype)
             if asm.g_target.size:
                 lam_g = lam[asm.t_subject[asm.g_target]]
                 np.add.at(z, asm.g_target, np.exp(lam_g * asm.g_dt[:, None, None]) * src[asm.g_src])

@@ -96,7 +96,7 @@ _OUTER_STEP = 1.0e-3
 # enough that per-call overhead no longer matters (Theoph: 12 subjects × 6 sets × 11 observations per
 # point, 37 points per batch), small enough to keep a large model's intermediate arrays at tens of MB (the
 # 21-state ADC recovery fit of tests/test_fitting.py: peak memory 234 MB against 204 MB unbatched)
-_BATCH_PREDICTIONS = 30_000
+_BATCH_PREDICTIONS = 36_000
 _CACHE_SIZE = 4  # parameter-set blocks remembered per subject (predictions are pure functions of them)
 
 
@@ -218,6 +218,7 @@ class PopulationObjective:
         # per subject: the last few parameter-set blocks and their predictions (see predict_rows); only
         # for problems evaluated one point at a time, where points that move Ω or σ alone reuse the last
         # η̂ unmoved (_Outer.eta_start); in batches every warm start moves, so nothing would be found again
+        self._tiles: dict[int, np.ndarray] = {}  # see _tiled
         self._cache: list[dict[bytes, np.ndarray]] | None = (
             [{} for _ in self.subjects] if self.points_per_batch == 1 else None
         )
@@ -298,6 +299,17 @@ class PopulationObjective:
         out = np.ones((m_count, k_count, self.data.nmax))
         self.n_predict_calls += len(rows)
         many = self.problem.predict_many
+        n = len(self.subjects)
+        if many is not None and m_count % n == 0 and np.array_equal(rows, self._tiled(m_count // n)):
+            # every subject once per parameter point, point-major (a whole batch): each subject gets
+            # the sets of all points side by side, by reshaping alone
+            b = m_count // n
+            grouped = phi.reshape(b, n, k_count, -1).transpose(1, 0, 2, 3).reshape(n, b * k_count, -1)
+            values = self._predict_many(self.subjects, grouped)
+            width = values.shape[2]
+            values = values.reshape(n, b, k_count, -1).transpose(1, 0, 2, 3).reshape(m_count, k_count, -1)
+            out[:, :, :width] = values
+            return out
         if many is not None:
             # one call with each subject once: a subject in several rows (several parameter points of
             # a batch) gets all their sets side by side, padded with NaN sets (not predicted)
@@ -309,18 +321,8 @@ class PopulationObjective:
             columns = rank[:, None] * k_count + np.arange(k_count)  # (M, K) each row's sets in its subject's
             grouped = np.full((unique.size, counts.max() * k_count, phi.shape[2]), np.nan)
             grouped[slot[:, None], columns] = phi
-            subjects = [self.subjects[i] for i in unique]
-            values = np.asarray(
-                many(subjects, {name: grouped[:, :, p] for p, name in enumerate(self.param_names)}),
-                dtype=float,
-            )
-            width = max(s.n_obs for s in subjects)
-            if values.ndim != 3 or values.shape[:2] != grouped.shape[:2] or values.shape[2] < width:
-                raise EstimationError(
-                    f"predict_many returned shape {values.shape}, expected {(*grouped.shape[:2], 'L')} with "
-                    f"L >= {width} (the largest number of observation records of the subjects)"
-                )
-            out[:, :, :width] = values[slot[:, None], columns, :width]
+            values = self._predict_many([self.subjects[i] for i in unique], grouped)
+            out[:, :, : values.shape[2]] = values[slot[:, None], columns]
             return out
         batch = self.problem.predict_batch
         single = self.problem.predict
@@ -353,6 +355,29 @@ class PopulationObjective:
                 )
             out[m, :, :n] = values
         return out
+
+    def _tiled(self, points: int) -> np.ndarray:
+        """The rows of ``points`` whole points, point-major: 0..N−1 repeated (see :class:`_Context`)."""
+        rows = self._tiles.get(points)
+        if rows is None:
+            rows = self._tiles[points] = np.tile(np.arange(len(self.subjects)), points)
+        return rows
+
+    def _predict_many(self, subjects: list, grouped: np.ndarray) -> np.ndarray:
+        """``problem.predict_many`` of ``subjects`` at sets (M, K, P), checked; (M, K, L) with L the
+        largest number of observations of the subjects (columns past a subject's own are not used)."""
+        names = self.param_names
+        values = np.asarray(
+            self.problem.predict_many(subjects, {name: grouped[:, :, p] for p, name in enumerate(names)}),
+            dtype=float,
+        )
+        width = max(s.n_obs for s in subjects)
+        if values.ndim != 3 or values.shape[:2] != grouped.shape[:2] or values.shape[2] < width:
+            raise EstimationError(
+                f"predict_many returned shape {values.shape}, expected {(*grouped.shape[:2], 'L')} with "
+                f"L >= {width} (the largest number of observation records of the subjects)"
+            )
+        return values[:, :, :width]
 
     # ---- one objective evaluation -------------------------------------------------------------
     def context(

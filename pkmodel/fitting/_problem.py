@@ -58,6 +58,17 @@ class _SubjectData:
     design: SubjectDesign | None = None  # fixed time structure for the modal predictor (linear models)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """A sequence of subjects as :meth:`FitProblem.predict_many` predicts them (private)."""
+
+    fast: np.ndarray  # (F,) positions of the subjects with a modal design
+    assembly: object  # their assembled designs (pkmodel.estimation._linear._Assembly), or None
+    base: np.ndarray | None  # (F, n_args) their model arguments before the listed parameters
+    width: int  # the largest number of observations of the subjects
+    columns: np.ndarray  # (M, width) the columns that are a subject's observations
+
+
 @dataclass(frozen=True, eq=False)
 class FitProblem:
     """A fit specification bound to its dataset: subjects, prediction function and problem.
@@ -100,6 +111,7 @@ class FitProblem:
     n_fast_predictions: list = field(default_factory=lambda: [0], repr=False)
     _modal: ModalPredictor | None = field(default=None, repr=False)
     _argument_index: np.ndarray | None = field(default=None, repr=False)
+    _groups: dict = field(default_factory=dict, repr=False)  # see _group
 
     def predict_many(self, subjects: Sequence[Subject], params: Mapping[str, np.ndarray]) -> np.ndarray:
         """Predictions of ``M`` subjects, each for ``K`` parameter sets, shape (M, K, max n_obs).
@@ -129,26 +141,29 @@ class FitProblem:
             stacked[:, :, i] = v
         lower, upper = self._lower[:, 0], self._upper[:, 0]
         ok = np.all(np.isfinite(stacked) & (stacked >= lower) & (stacked <= upper), axis=2)
-        width = max(s.n_obs for s in subjects)
-        out = np.ones((m_count, k_count, width))
+        group = self._group(subjects)
+        out = np.ones((m_count, k_count, group.width))
         slow = np.ones((m_count, k_count), dtype=bool)
-        fast = [m for m, s in enumerate(subjects) if s.data.design is not None] if self._modal else []
-        if fast:
-            assert self._modal is not None and self._argument_index is not None
-            sub = [subjects[m] for m in fast]
-            asm = self._modal.assembly(tuple(s.id for s in sub), [s.data.design for s in sub])
-            base = np.stack([s.data.arguments for s in sub])  # (Mf, n_args)
-            args = np.repeat(base[:, None, :], k_count, axis=1)
-            good = ok[fast]
+        if group.fast.size:
+            assert self._modal is not None and group.assembly is not None
+            asm = group.assembly
+            every = group.fast.size == m_count
+            good = ok if every else ok[group.fast]
+            args = np.repeat(group.base[:, None, :], k_count, axis=1)
             # sets outside the bounds are computed at the model's values and then discarded
+            sets = stacked if every else stacked[group.fast]
             args[:, :, self._argument_index] = np.where(
-                good[:, :, None], stacked[fast], args[:, :, self._argument_index]
+                good[:, :, None], sets, args[:, :, self._argument_index]
             )
             outputs, done = self._modal.outputs(asm, args)
-            block = np.ones((len(fast), k_count, width))
-            block[asm.o_subject, :, asm.o_column] = outputs[asm.o_output, asm.o_target, :]
-            out[fast] = block
-            slow[fast] = ~done
+            if every:
+                out[asm.o_subject, :, asm.o_column] = outputs[asm.o_output, asm.o_target, :]
+                slow = ~done
+            else:
+                block = np.ones((group.fast.size, k_count, group.width))
+                block[asm.o_subject, :, asm.o_column] = outputs[asm.o_output, asm.o_target, :]
+                out[group.fast] = block
+                slow[group.fast] = ~done
             self.n_fast_predictions[0] += int(np.count_nonzero(done & good))
         slow &= ok
         for m in np.flatnonzero(slow.any(axis=1)):
@@ -156,10 +171,31 @@ class FitProblem:
             subject = subjects[m]
             batch = self.predict_batch(subject, {n: stacked[m, ks, i] for i, n in enumerate(self._listed)})
             out[m, ks, : subject.n_obs] = batch
-        n_obs = np.array([s.n_obs for s in subjects])
-        columns = np.arange(width)[None, :] < n_obs[:, None]  # (M, L)
-        out[~ok[:, :, None] & columns[:, None, :]] = np.nan
+        out[~ok[:, :, None] & group.columns[:, None, :]] = np.nan
         return out
+
+    def _group(self, subjects: Sequence[Subject]) -> _Group:
+        """What :meth:`predict_many` needs of a sequence of subjects that does not depend on the sets
+        (remembered for the last few sequences: an estimation passes the same ones again and again)."""
+        key = tuple(s.id for s in subjects)
+        cache = self._groups
+        group = cache.get(key)
+        if group is None:
+            fast = [m for m, s in enumerate(subjects) if s.data.design is not None] if self._modal else []
+            sub = [subjects[m] for m in fast]
+            n_obs = np.array([s.n_obs for s in subjects])
+            width = int(n_obs.max())
+            group = _Group(
+                fast=np.array(fast, dtype=int),
+                assembly=self._modal.assembly(key, [s.data.design for s in sub]) if fast else None,
+                base=np.stack([s.data.arguments for s in sub]) if fast else None,
+                width=width,
+                columns=np.arange(width)[None, :] < n_obs[:, None],  # (M, L)
+            )
+            if len(cache) >= 16:
+                cache.clear()
+            cache[key] = group
+        return group
 
     def predict_batch(self, subject: Subject, params: Mapping[str, np.ndarray]) -> np.ndarray:
         """Predictions of ``k`` parameter sets for one subject, shape (k, n_obs).
