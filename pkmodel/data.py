@@ -100,7 +100,7 @@ import functools
 import io
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -377,7 +377,10 @@ class Subject:
                 f"ID {self.id}: TIME restarts at the reset on {self.where} {line}, so one regimen cannot "
                 "hold the doses of both periods; use subject.periods() and take each period's regimen"
             )
-        return _regimen(self.records, self.dose_unit, name=f"ID {self.id}", where=self.where)
+        r = self.records
+        return _regimen(
+            {c: r[c].to_numpy() for c in _DOSE_COLUMNS}, self.dose_unit, f"ID {self.id}", self.where
+        )
 
     @property
     def covariates(self) -> dict[str, object]:
@@ -467,6 +470,30 @@ class Dataset:
     def _positions(self) -> dict[object, np.ndarray]:
         return self.records.groupby("ID", sort=False).indices
 
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every column of :attr:`records` as a numpy array, computed once (read it, do not modify it).
+
+        With :meth:`rows_of`, a subject's values without building its table (``arrays["DV"][rows]``).
+        """
+        return {c: self.records[c].to_numpy() for c in self.records.columns}
+
+    def rows_of(self, id: object) -> np.ndarray:
+        """Positions (0-based, in :attr:`records` and :attr:`arrays`) of one subject's records, in file
+        order; ``id`` as in :attr:`ids`.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"ID": [7, 7, 8], "TIME": [0, 2, 0], "AMT": [10, 0, 10], "DV": [None, 1.5, None]})
+        >>> read_dataset(t).rows_of(8).tolist()
+        [2]
+        """
+        positions = self._positions.get(id)
+        if positions is None:
+            raise DatasetError(f"ID {id!r} is not in the dataset", self.file)
+        return positions
+
     def subject(self, id: object) -> Subject:
         """The records of one subject as a :class:`Subject`.
 
@@ -516,7 +543,21 @@ class Dataset:
         DatasetError
             For a subject whose time restarts at a reset (see :attr:`Subject.regimen`).
         """
-        return {i: self.subject(i).regimen for i in self.ids}
+        return {i: self.regimen_of(i) for i in self.ids}
+
+    def regimen_of(self, id: object) -> Regimen:
+        """One subject's doses, the same as ``subject(id).regimen`` without building its table.
+
+        Raises
+        ------
+        DatasetError
+            For a subject whose time restarts at a reset (see :attr:`Subject.regimen`).
+        """
+        arrays = self.arrays
+        rows = self.rows_of(id)
+        if np.any(np.diff(arrays["TIME"][rows]) < 0):  # time restarts: the subject's own message
+            return self.subject(id).regimen
+        return _regimen({c: arrays[c][rows] for c in _DOSE_COLUMNS}, self.dose_unit, f"ID {id}", self.where)
 
     def baseline_covariates(self) -> pd.DataFrame:
         """One row per subject (index ID, file order): each covariate's first non-missing value."""
@@ -544,11 +585,14 @@ class Dataset:
         )
 
 
-def _regimen(records: pd.DataFrame, dose_unit: str, name: str, where: str) -> Regimen:
-    is_dose = np.isin(records["EVID"].to_numpy(), (1, 4))
+_DOSE_COLUMNS = ("EVID", "ROW", "TIME", "AMT", "RATE", "DUR", "CMT", "II", "ADDL", "SS")
+
+
+def _regimen(columns: Mapping[str, np.ndarray], dose_unit: str, name: str, where: str) -> Regimen:
+    """The regimen of one subject's records, given as arrays of the ``_DOSE_COLUMNS``."""
+    is_dose = np.isin(columns["EVID"], (1, 4))
     # the dose records' fields as Python scalars, column by column (much faster than row tuples)
-    columns = ("ROW", "TIME", "AMT", "RATE", "DUR", "CMT", "II", "ADDL", "SS")
-    doses = zip(*(records[c].to_numpy()[is_dose].tolist() for c in columns), strict=True)
+    doses = zip(*(columns[c][is_dose].tolist() for c in _DOSE_COLUMNS[1:]), strict=True)
     events = []
     for row, time, amt, rate, dur, cmt, ii, addl, ss in doses:
         common = {

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from pkmodel.data import Dataset, validate_dataset
 from pkmodel.dosing import Regimen
@@ -331,14 +330,14 @@ def _output_of_dvid(spec: FitSpec, dataset: Dataset) -> dict[str, str]:
     return mapping
 
 
-def _covariate_value(
-    spec: FitSpec, dataset: Dataset, records: pd.DataFrame, name: str, key: str, sid
-) -> float:
-    column = records[name].to_numpy()
+def _covariate_value(spec: FitSpec, dataset: Dataset, rows: np.ndarray, name: str, key: str, sid) -> float:
+    """The one value of covariate ``name`` on the records ``rows`` (positions) of subject ``sid``."""
+    column = dataset.arrays[name][rows]
     if column.dtype == np.float64:  # the usual case, checked in numpy: one value on every record
         given = column[~np.isnan(column)]
         if given.size and np.all(given == given[0]):
             return float(given[0])
+    records = dataset.records.iloc[rows]
     values = records[name].dropna()
     if values.nunique() > 1:
         lines = records.loc[records[name].ne(values.iloc[0]) & records[name].notna(), "ROW"].head(3).tolist()
@@ -466,12 +465,12 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
     no_obs = []
     dropped_blq = dict.fromkeys(outputs, 0)
     excluded = dict.fromkeys(spec.exclude_dvid, 0)
+    arrays = dataset.arrays  # the dataset's columns, sliced per subject (no per-subject tables)
     for sid in dataset.ids:
-        ds = dataset.subject(sid)
-        records = ds.records
+        records = dataset.rows_of(sid)
         # the used observations (EVID 0, MDV 0; those of Subject.observations) as numpy columns
-        used = (records["EVID"].to_numpy() == 0) & (records["MDV"].to_numpy() == 0)
-        obs = {c: records[c].to_numpy()[used] for c in ("ROW", "TIME", "DVID", "DV", "LLOQ", "BLQ")}
+        used = (arrays["EVID"][records] == 0) & (arrays["MDV"][records] == 0)
+        obs = {c: arrays[c][records[used]] for c in ("ROW", "TIME", "DVID", "DV", "LLOQ", "BLQ")}
         if excluded:
             leave_out = np.array([d in excluded for d in obs["DVID"]], dtype=bool)
             for d in obs["DVID"][leave_out]:
@@ -496,6 +495,7 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
                 f"the log-additive error model needs DV > 0, but ID {sid} has DV {dv[bad[0]]:g} on line "
                 f"{int(obs['ROW'][bad[0]])}; flag it BLQ with its LLOQ, or use another error model",
             )
+        regimen = dataset.regimen_of(sid)
         times = obs["TIME"].astype(float)
         unique, inverse = np.unique(times, return_inverse=True)
         gather = []
@@ -528,9 +528,9 @@ def build_problem(spec: FitSpec, dataset: Dataset | None = None) -> FitProblem:
                 arguments[model.argument_names.index(name)] = value
             dose_weight = weight if weight is not None else constants.get("WT")
             obs_output = np.array([model.numeric.output_names.index(o) for o in out_names], dtype=int)
-            design = design_or_none(model, ds.regimen, unique, dose_weight, obs_output, inverse)
+            design = design_or_none(model, regimen, unique, dose_weight, obs_output, inverse)
         data = _SubjectData(
-            regimen=ds.regimen,
+            regimen=regimen,
             times=unique,
             gather=tuple(gather),
             constants=constants,
