@@ -87,6 +87,7 @@ METHODS = ("foce-i", "foce", "fo")
 _ETA_STEP = 1.0e-4
 _INNER_TOL = 1.0e-16  # Newton decrement (−2LL units) at which η̂ counts as converged
 _INNER_MAXITER = 100
+_ROUGH_TOL = 1.0e-4  # Newton decrement of the rough η̂ that starts the first gradient stencil
 _NOISE_DECREMENT = 1.0e-8  # below this, the quadratic model is trusted and noise may stop progress
 # step of the outer central-difference gradient (optimiser space: log θ, log σ, Cholesky of Ω; relative
 # above 1): truncation h²·|f‴|/6 and noise ε_OFV/h both ~1e-4, below the default gtol 1e-3 (1e-4 made the
@@ -490,8 +491,11 @@ class PopulationObjective:
             g = np.nan_to_num(g)
         return _State(f, g, objective, grad, hess, step_hess)
 
-    def solve_eta(self, ctx: _Context, eta_start: np.ndarray) -> tuple[np.ndarray, _State, np.ndarray]:
-        """Find η̂ of every row of ``ctx``; returns (η̂, state at η̂, converged flags)."""
+    def solve_eta(
+        self, ctx: _Context, eta_start: np.ndarray, tol: float = _INNER_TOL
+    ) -> tuple[np.ndarray, _State, np.ndarray]:
+        """Find η̂ of every row of ``ctx`` to a Newton decrement ``tol``; returns (η̂, state at η̂,
+        converged flags)."""
         n = ctx.subject.size
         rows = np.arange(n)
         eta = np.array(eta_start, dtype=float)
@@ -514,7 +518,7 @@ class PopulationObjective:
             delta = -np.linalg.solve(st.step_hess[active], st.grad[active][:, :, None])[:, :, 0]
             decrement = -np.einsum("mq,mq->m", st.grad[active], delta)
             # converged: decrement below tolerance, or stagnating at the finite-difference noise level
-            done = (decrement <= _INNER_TOL) | (
+            done = (decrement <= tol) | (
                 (decrement < _NOISE_DECREMENT) & (decrement > 0.1 * previous[active])
             )
             converged[active[done]] = True
@@ -550,6 +554,17 @@ class PopulationObjective:
             final_dec[finite] = np.einsum("mq,mq->m", st.grad[finite], sol)
         ok = finite & (final_dec <= 1e-8)
         return eta, st, ok
+
+    def rough_eta(self, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """η̂ at one point (θ (1, n_theta), Ω (1, q, q), σ (1, n_sigma)) from η = 0 to a loose tolerance
+        (a warm start only; zeros where the point or its η̂ search is invalid)."""
+        n, q = len(self.subjects), self.n_eta
+        omega_inv, logdet, positive = _omega_terms(omega)
+        if not (positive[0] and np.all(np.isfinite(theta)) and np.all(sigma > 0)) or q == 0:
+            return np.zeros((n, q))
+        ctx = self.context(theta, omega, sigma, omega_inv, logdet)
+        eta, st, _ = self.solve_eta(ctx, np.zeros((n, q)), tol=_ROUGH_TOL)
+        return np.where(np.isfinite(st.objective)[:, None], eta, 0.0)
 
     def evaluate(
         self, theta: np.ndarray, omega: np.ndarray, sigma: np.ndarray, eta_start: np.ndarray | None = None
@@ -785,9 +800,9 @@ class _Outer:
         from the same batch (the value is not recomputed when ``x`` is the last point evaluated)."""
         x = np.array(x, dtype=float)
         if gradient and self._eta_x is None and self._last is None:
-            # the first point: its η̂ alone (from η = 0), then the stencil warm-started there (from η = 0 all
-            # 2n + 1 points would need the Newton iterations of the hardest one)
-            self.evaluate(x, gradient=False)
+            # the first point: a rough η̂ of it alone (from η = 0), then the whole stencil from there (from
+            # η = 0 all 2n + 1 points would need the Newton iterations of the hardest one)
+            self.eta = self.engine.rough_eta(*self.engine.space.from_x(x[None]))
         known = self._last is not None and np.array_equal(x, self._last[0])
         if gradient and self._gradient is not None and np.array_equal(x, self._gradient[0]):
             gradient = False  # (BFGS asks for the value at its start after the gradient that minimize took)
