@@ -1360,3 +1360,19 @@ def test_report_summary_text():
         "10 records, 2 subjects\n6 observations (TAb: 6), 1 BLQ\n"
         "2 dose records (4 administrations), 0 resets\nexcluded: none"
     )
+
+
+def test_regimens_from_the_column_arrays_are_the_subjects_regimens():
+    # Dataset.regimen_of slices the dataset's column arrays; oracle: the regimen built from each
+    # subject's own table (Subject.regimen), for the example dataset (infusions, 6-12 doses a subject)
+    from pkmodel.examples import dataset_path
+
+    data = read_dataset(dataset_path("esg401_phase1"), dose_unit="mg/kg")
+    regimens = data.regimens()
+    assert list(regimens) == list(data.ids)
+    for sid in data.ids:
+        assert regimens[sid] == data.subject(sid).regimen
+        rows = data.rows_of(sid)
+        np.testing.assert_array_equal(data.arrays["TIME"][rows], data.subject(sid).records["TIME"].to_numpy())
+    with pytest.raises(DatasetError, match="not in the dataset"):
+        data.rows_of("no such ID")

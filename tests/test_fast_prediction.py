@@ -345,3 +345,36 @@ def test_an_undefined_unobserved_output_does_not_send_a_set_to_the_exact_engine(
     assert np.isnan(values[names.index("FRACTION"), 0, 0]) and values[names.index("CP"), 0, 0] == 0.0
     # C(2) = 100/10·e^(−0.1·1) after the bolus at 1 h
     assert values[names.index("CP"), 1, 0] == pytest.approx(10.0 * np.exp(-0.1), rel=1e-12)
+
+
+def test_subjects_without_a_modal_design_are_simulated_beside_the_others(theoph):
+    # one subject stripped of its modal design (as a subject with a reset would be): predict_many must
+    # send it alone to simulate and still predict the others by the modal path; oracle: predict_batch
+    import dataclasses
+
+    fp = theoph
+    subjects = list(fp.subjects[:4])
+    subjects[2] = dataclasses.replace(subjects[2], data=dataclasses.replace(subjects[2].data, design=None))
+    rng = np.random.default_rng(8)
+    params = {
+        "KA": 1.5 * np.exp(rng.normal(0, 0.3, (4, 2))),
+        "CL": 0.04 * np.exp(rng.normal(0, 0.3, (4, 2))),
+        "V": 0.45 * np.exp(rng.normal(0, 0.3, (4, 2))),
+    }
+    full = fp.predict_many(list(fp.subjects[:4]), params)  # all four modal (remembered as a group)
+    calls = fp.n_simulate_calls[0]
+    mixed = fp.predict_many(subjects, params)  # same IDs, one subject different: not the remembered group
+    assert fp.n_simulate_calls[0] == calls + 1
+    for m, s in enumerate(subjects):
+        batch = fp.predict_batch(s, {k: v[m] for k, v in params.items()})
+        scale = 1e-12 * np.abs(batch).max()  # (a value of 0 at t = 0 is ~1e-13 by the modal path)
+        np.testing.assert_allclose(mixed[m, :, : s.n_obs], batch, rtol=1e-9, atol=scale)
+        np.testing.assert_allclose(full[m, :, : s.n_obs], batch, rtol=1e-9, atol=scale)
+
+
+def test_a_valid_linear_problem_is_built_without_simulating():
+    # the initial-prediction check goes through the modal path; only a subject it cannot predict is
+    # simulated (see tests/test_fitting.py for the errors that simulation then raises)
+    fresh = build_problem(load_fit_spec(fits_dir() / "theoph_foce.toml"))
+    assert fresh.n_simulate_calls[0] == 0
+    assert fresh.n_fast_predictions[0] == len(fresh.subjects)

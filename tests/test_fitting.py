@@ -657,3 +657,19 @@ def test_adc_population_parameters_are_recovered(tmp_path, record_property):
         record_property(f"{name}_relative_error", round(estimate / truth - 1.0, 4))
         assert estimate == pytest.approx(truth, rel=0.15), name
         assert lower < truth < upper, (name, lower, truth, upper)
+
+
+def test_initial_values_that_cannot_be_simulated_name_the_subject(tmp_path):
+    # KA = 2000/h is inside the spec's bounds but outside the model's [0, 1000]: the modal check cannot
+    # predict any subject, so they are simulated one by one and the first one's error is raised
+    text = THEOPH_SPEC.read_text(encoding="utf-8")
+    text = text.replace("theta = 1.568312", "theta = 2000").replace(
+        "bounds = [0.01, 50]", "bounds = [0.01, 1e4]"
+    )
+    text = text.replace('data = "example:theoph"', f'data = "{THEOPH_DATA.as_posix()}"')
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(text, encoding="utf-8")
+    with pytest.raises(
+        PkmodelError, match=r"cannot be simulated for ID 1 at the initial values: parameter KA = 2000"
+    ):
+        build_problem(load_fit_spec(spec_path))

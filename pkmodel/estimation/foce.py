@@ -42,12 +42,14 @@ or logit scale according to their bounds, Ω by its Cholesky factor with log dia
 BFGS and a central finite-difference gradient, its inverse Hessian started at the diagonal curvature
 that the first gradient's stencil gives; each evaluation re-solves every η̂ to a tight tolerance (the
 objective is then smooth to ~1e-7), warm-started from the η̂ of the last evaluated point moved to first
-order by ``∂η̂/∂x`` (central differences of the η̂ of the last gradient's stencil).  A point and the 2n
-points of its gradient (BFGS asks for both at every point), and the stencil of the covariance step, are
-evaluated together: their η̂ are found by one vectorised Newton iteration over all (point, subject)
-pairs, and all predictions of a Newton step come from one ``predict_many`` call when the problem has
-one.  At the size of a typical dataset the cost of a call is mostly fixed overhead, not arithmetic, so
-this batching is what makes the fit fast (Theoph: 32 prediction calls instead of 563).
+order by ``∂η̂/∂x`` (central differences of the η̂ of the last gradient's stencil); the first stencil
+starts from a rough η̂ of its base point.  A point and the 2n points of its gradient (BFGS asks for
+both at every point), and the stencil of the covariance step, are evaluated together: their η̂ are
+found by one vectorised Newton iteration over all (point, subject) pairs, and all predictions of a
+Newton step come from one ``predict_many`` call when the problem has one.  At the size of a typical
+dataset the cost of a call is mostly fixed overhead, not arithmetic, so this batching is what makes the
+fit fast (Theoph: 31 prediction calls for the fit and its covariance step, instead of 563 one point at
+a time).
 
 References
 ----------

@@ -61,6 +61,7 @@ class _SubjectData:
 class _Group:
     """A sequence of subjects as :meth:`FitProblem.predict_many` predicts them (private)."""
 
+    subjects: tuple  # the subjects themselves (the cache key is their IDs; these must be the same objects)
     fast: np.ndarray  # (F,) positions of the subjects with a modal design
     assembly: object  # their assembled designs (pkmodel.estimation._linear._Assembly), or None
     base: np.ndarray | None  # (F, n_args) their model arguments before the listed parameters
@@ -179,14 +180,19 @@ class FitProblem:
         key = tuple(s.id for s in subjects)
         cache = self._groups
         group = cache.get(key)
-        if group is None:
+        if group is None or any(a is not b for a, b in zip(group.subjects, subjects, strict=True)):
             fast = [m for m, s in enumerate(subjects) if s.data.design is not None] if self._modal else []
             sub = [subjects[m] for m in fast]
             n_obs = np.array([s.n_obs for s in subjects])
             width = int(n_obs.max())
             group = _Group(
+                subjects=tuple(subjects),
                 fast=np.array(fast, dtype=int),
-                assembly=self._modal.assembly(key, [s.data.design for s in sub]) if fast else None,
+                assembly=(
+                    self._modal.assembly(tuple(s.id for s in sub), [s.data.design for s in sub])
+                    if fast
+                    else None
+                ),
                 base=np.stack([s.data.arguments for s in sub]) if fast else None,
                 width=width,
                 columns=np.arange(width)[None, :] < n_obs[:, None],  # (M, L)

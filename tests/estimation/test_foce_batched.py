@@ -224,3 +224,50 @@ def test_only_theta_moves_the_warm_start_when_points_are_evaluated_one_at_a_time
             np.testing.assert_allclose(start, expected, rtol=0, atol=1e-15)
             if moved == "theta" and k >= n_theta:
                 assert np.array_equal(start, outer.eta)
+
+
+def test_whole_batches_are_predicted_as_any_other_order_of_rows(theoph_model_problem):
+    # rows that are every subject once per point, point-major, are grouped by reshaping alone; the same
+    # rows in another order go through the general grouping (oracle) and must give the same predictions
+    engine = PopulationObjective(theoph_model_problem, "foce-i")
+    n = len(theoph_model_problem.subjects)
+    rows = np.tile(np.arange(n), 3)
+    assert np.array_equal(rows, engine._tiled(3))
+    rng = np.random.default_rng(11)
+    typical = engine.typical(engine.space.initial()[0][None])[0]  # (N, P)
+    phi = engine.individual(typical[rows][:, None, :], rng.normal(0.0, 0.3, (rows.size, 4, engine.n_eta)))
+    tiled = engine._predict(rows, phi)
+    order = rng.permutation(rows.size)
+    general = np.empty_like(tiled)
+    general[order] = engine._predict(rows[order], phi[order])
+    np.testing.assert_array_equal(tiled, general)
+
+
+def test_the_first_gradient_is_computed_once(theoph_model_problem):
+    # minimize takes the gradient at x0 to start BFGS's inverse Hessian; BFGS then asks for the value and
+    # the gradient at x0 again: both must come from that stencil, not from a second one
+    engine = PopulationObjective(theoph_model_problem, "foce-i")
+    outer = _Outer(engine, foce._OUTER_STEP)
+    x0 = engine.space.to_x(*engine.space.initial())
+    outer.jac(x0)
+    after_stencil = engine.n_evaluations
+    assert after_stencil == 1 + 2 * x0.size
+    outer.fun(x0)
+    outer.jac(x0)
+    assert engine.n_evaluations == after_stencil
+
+
+def test_central_hessian_takes_two_points_per_pair():
+    # n(n + 1) + 1 evaluations (Abramowitz & Stegun 25.3.27), exact for a quadratic up to rounding
+    calls = []
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 4))
+    hessian = a @ a.T + 4.0 * np.eye(4)
+
+    def fun(points):
+        calls.append(len(points))
+        return 0.5 * np.einsum("ki,ij,kj->k", points, hessian, points) + points @ np.arange(4.0)
+
+    estimate = central_hessian(fun, rng.normal(size=4), np.full(4, 1e-3), vectorized=True)
+    assert calls == [4 * 5 + 1]
+    np.testing.assert_allclose(estimate, hessian, rtol=1e-6, atol=1e-6)
