@@ -462,7 +462,6 @@ def _eig(
     singular (``λ`` shared by two blocks: no eigenvector basis).  Without blocks, LAPACK's general
     eigensolver and inverse.
     """
-    batch = K.shape[:-2]
     if blocks is None:
         lam, V = np.linalg.eig(K)
         Vinv, ok = _inverse(V)
@@ -470,6 +469,52 @@ def _eig(
     n = K.shape[-1]
     perm = np.concatenate(blocks)
     Kp = K[..., perm[:, None], perm[None, :]]
+    if len(blocks) == n:  # every block 1×1: K is triangular in flow order
+        lam, V, Y, usable = _eig_triangular(Kp)
+    else:
+        lam, V, Y, usable = _eig_blocks(Kp, blocks)
+    # back to the model's state order: K = Pᵀ K_p P, so V = Pᵀ V_p and V⁻¹ = V_p⁻¹ P
+    V_out = np.empty_like(V)
+    V_out[..., perm, :] = V
+    Y_out = np.empty_like(Y)
+    Y_out[..., :, perm] = Y
+    return lam, V_out, Y_out, usable
+
+
+def _eig_triangular(Kp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_eig` of lower triangular matrices (..., n, n) (every block of :func:`_triangular_blocks`
+    1×1, e.g. a one-compartment model with an absorption depot): ``λ_a = K_aa``; eigenvector ``a`` has
+    ``v_a = 1``, ``v_c = Σ_{a≤d<c} K_cd·v_d / (λ_a − K_cc)`` below and 0 above; ``V`` is unit lower
+    triangular and so is ``V⁻¹``, ``Y_ca = −Σ_{a≤d<c} V_cd·Y_da``; then the columns of ``V`` are scaled to
+    unit norm (the rows of ``V⁻¹`` inversely).  Not usable where ``λ_a = K_cc`` for some ``c > a``."""
+    batch, n = Kp.shape[:-2], Kp.shape[-1]
+    lam = np.diagonal(Kp, axis1=-2, axis2=-1).copy()
+    V = np.zeros(Kp.shape)
+    Y = np.zeros(Kp.shape)
+    usable = np.ones(batch, dtype=bool)
+    for a in range(n):
+        V[..., a, a] = 1.0
+        for c in range(a + 1, n):
+            denominator = lam[..., a] - lam[..., c]
+            singular = denominator == 0
+            usable &= ~singular
+            flow = np.einsum("...d,...d->...", Kp[..., c, a:c], V[..., a:c, a])
+            V[..., c, a] = flow / np.where(singular, 1.0, denominator)
+    for a in range(n):  # (V complete: row c of V⁻¹ needs the columns of V right of a)
+        Y[..., a, a] = 1.0
+        for c in range(a + 1, n):
+            Y[..., c, a] = -np.einsum("...d,...d->...", V[..., c, a:c], Y[..., a:c, a])
+    norms = _column_norms(V)  # (..., 1, n)
+    V /= norms
+    Y *= np.swapaxes(norms, -1, -2)
+    return lam, V, Y, usable
+
+
+def _eig_blocks(
+    Kp: np.ndarray, blocks: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_eig` of block lower triangular matrices (..., n, n) in flow order (see there)."""
+    batch, n = Kp.shape[:-2], Kp.shape[-1]
     edges = np.cumsum([0] + [b.size for b in blocks])
     parts = [_small_eig(Kp[..., a:e, a:e]) for a, e in itertools.pairwise(edges)]
     dtype = np.result_type(*(w for w, _ in parts), *(v for _, v in parts))
@@ -493,12 +538,7 @@ def _eig(
         Y[..., a:e, a:e] = inv_cc
         if a:
             Y[..., a:e, :a] = -inv_cc @ (V[..., a:e, :a] @ Y[..., :a, :a])
-    # back to the model's state order: K = Pᵀ K_p P, so V = Pᵀ V_p and V⁻¹ = V_p⁻¹ P
-    V_out = np.empty_like(V)
-    V_out[..., perm, :] = V
-    Y_out = np.empty_like(Y)
-    Y_out[..., :, perm] = Y
-    return lam, V_out, Y_out, usable
+    return lam, V, Y, usable
 
 
 def _norm1(A: np.ndarray) -> np.ndarray:
