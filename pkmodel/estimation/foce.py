@@ -99,7 +99,7 @@ _OUTER_STEP = 1.0e-3
 # enough that per-call overhead no longer matters (Theoph: 12 subjects × 6 sets × 11 observations per
 # point, 45 points per batch, so the 43 points of its covariance step are one batch), small enough to keep
 # a large model's intermediate arrays at tens of MB (the 21-state ADC recovery fit of tests/test_fitting.py,
-# 9 points per batch: peak memory 241 MB under pytest, against 234 MB at 30,000 and 204 MB unbatched)
+# 9 points per batch: peak memory 241 MB under pytest, 233 MB with 30,000; 204 MB unbatched, earlier)
 _BATCH_PREDICTIONS = 36_000
 _CACHE_SIZE = 4  # parameter-set blocks remembered per subject (predictions are pure functions of them)
 
