@@ -209,12 +209,14 @@ def covariance_step(
     sigma: np.ndarray,
     eta: np.ndarray,
     eta_start: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    extrapolate: float = 0.0,
 ) -> CovarianceStep:
     """Covariance step of a population fit at (θ, Ω, σ) with η̂ ``eta`` (private use).
 
     The whole stencil of the Hessian is one batched evaluation of the objective (its η̂ found together),
     warm-started at ``eta_start(θ, Ω, σ)`` for the stencil's points (B, ...) → (B, n_subjects, n_eta)
-    (default: all at ``eta``).
+    (default: all at ``eta``); η̂ searches whose Newton decrement falls below ``extrapolate`` end with an
+    extrapolated step (``PopulationObjective.solve_eta``).
     """
     space = engine.space
     p0 = space.to_p(theta, omega, sigma)
@@ -226,7 +228,8 @@ def covariance_step(
         th, om, sg = th[inside], om[inside], sg[inside]
         starts = eta if eta_start is None else eta_start(th, om, sg)
         values = np.full(len(points), math.nan)
-        for j, value in zip(inside, engine.evaluate_many(th, om, sg, starts), strict=True):
+        values_inside = engine.evaluate_many(th, om, sg, starts, extrapolate=extrapolate)
+        for j, value in zip(inside, values_inside, strict=True):
             values[j] = value.ofv if math.isfinite(value.ofv) else math.nan
         return values
 
