@@ -94,8 +94,10 @@ _INNER_MAXITER = 100
 # off by O(decrement) (Theoph: at most 1.2e-9), which the central differences (step 1e-3) see as ~1e-6
 # in a gradient and ~1e-3 in a Hessian, below their noise (standard errors: Theoph 3e-5, ESG401 3e-4
 # relative, as with other starts of the η̂ searches).  The point whose value BFGS's line search compares
-# is always converged: with extrapolated values there the ESG401 fit ended on a failed line search.
+# needs more: with 1e-7 there the ESG401 fit ended on a failed line search; with 1e-10 (an error of order
+# 1e-12 per subject) it converges as with fully converged η̂.
 _EXTRAPOLATE_DECREMENT = 1.0e-7
+_EXTRAPOLATE_BASE_DECREMENT = 1.0e-10
 _ROUGH_TOL = 1.0e-4  # Newton decrement of the rough η̂ that starts the first gradient stencil
 _NOISE_DECREMENT = 1.0e-8  # below this, the quadratic model is trusted and noise may stop progress
 # step of the outer central-difference gradient (optimiser space: log θ, log σ, Cholesky of Ω; relative
@@ -522,7 +524,9 @@ class PopulationObjective:
         data = self.data
         with np.errstate(all="ignore"):
             h_inv = np.linalg.inv(0.5 * hess)  # (M, q, q)
-            out = np.einsum("mcb,mkbj,mj,mcj->mk", h_inv, second, weight, g)
+            # Σ_{b,c,j} H⁻¹_cb S_k,bj w_j G_cj, the sum over j as matrix products (a 4-operand einsum is slower)
+            swg = second @ (g * weight[:, None, :])[:, None].swapaxes(-1, -2)  # (M, k, b, c)
+            out = np.einsum("mkbc,mcb->mk", swg, h_inv)
             varying = bool(np.any(data.is_log[subject]) or np.any(data.censored[subject])) or (
                 ctx.f_var is None and bool(np.any(ctx.prop_sd[rows]))
             )
@@ -901,9 +905,10 @@ class _Outer:
             signs = np.tile([1.0, -1.0], x.size)
             points += list(x + signs[:, None] * np.repeat(np.diag(steps), 2, axis=0))
         batch = np.vstack(points) if points else np.zeros((0, x.size))
-        # the stencil's points end their η̂ searches with an extrapolated Newton step, not x itself
+        # η̂ searches may end with an extrapolated Newton step: the stencil's points' from a Newton
+        # decrement of 1e-7, x's own (its value goes to the line search) only from 1e-10
         thresholds = np.full(len(batch), _EXTRAPOLATE_DECREMENT)
-        thresholds[: len(points) - (2 * x.size if gradient else 0)] = 0.0
+        thresholds[: len(points) - (2 * x.size if gradient else 0)] = _EXTRAPOLATE_BASE_DECREMENT
         values = self.engine.evaluate_many(
             *self.engine.space.from_x(batch), self.eta_start(batch), extrapolate=thresholds
         )

@@ -263,6 +263,40 @@ def _sd_ddof1(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if values.size > 1 else math.nan
 
 
+def _cwres(data: Any, g: np.ndarray, ipred: np.ndarray, sd: np.ndarray, eta: np.ndarray, omega: np.ndarray):
+    """CWRES (N, nmax): ``L⁻¹ỹ`` with ``L`` the Cholesky factor of ``V = GΩGᵀ + diag(s²)`` and
+    ``ỹ = y − μ(η̂) + Gη̂`` over each subject's uncensored observations (NaN elsewhere); ``G = ∂μ/∂η``.
+
+    All subjects at once, their observations padded to ``nmax`` with uncoupled unit entries (which leave
+    the factor and the forward substitution of the others unchanged); subject by subject when a ``V`` is
+    not positive definite (that subject's CWRES stay NaN)."""
+    keep = data.mask & ~data.censored  # (N, nmax)
+    q = eta.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dmu = np.where(data.is_log, 1.0 / ipred, 1.0)
+        mu = np.where(data.is_log, np.log(ipred), ipred)
+        G = np.where(keep[:, :, None], np.swapaxes(g * dmu[:, None, :], 1, 2), 0.0)  # (N, nmax, q)
+        ytilde = np.where(keep, data.y - mu + (G @ eta[:, :, None])[:, :, 0] if q else data.y - mu, 0.0)
+        cov = np.zeros((*keep.shape, keep.shape[1]))
+        idx = np.arange(keep.shape[1])
+        cov[:, idx, idx] = np.where(keep, sd**2, 1.0)
+        if q:
+            cov += G @ omega @ np.swapaxes(G, 1, 2)
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        cwres = np.full(keep.shape, np.nan)
+        for i in range(keep.shape[0]):
+            try:
+                chol_i = np.linalg.cholesky(cov[i])
+            except np.linalg.LinAlgError:
+                continue
+            cwres[i] = np.where(keep[i], solve_triangular(chol_i, ytilde[i], lower=True), np.nan)
+        return cwres
+    # (numpy's batched general solve on the triangular factors: one call for all subjects)
+    return np.where(keep, np.linalg.solve(chol, ytilde[:, :, None])[:, :, 0], np.nan)
+
+
 def build_population_result(
     engine: Any,
     value: Any,
@@ -297,24 +331,7 @@ def build_population_result(
     var_terms = observation_terms(
         data.y, ipred, f_var, context.add_sd, context.prop_sd, data.is_log, data.censored, True
     )
-    cwres = np.full(ipred.shape, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dmu = np.where(data.is_log, 1.0 / ipred, 1.0)
-        mu = np.where(data.is_log, np.log(ipred), ipred)
-    for i in range(n):
-        keep = np.flatnonzero(data.mask[i] & ~data.censored[i])
-        if keep.size == 0:
-            continue
-        g = (state.g[i][:, keep] * dmu[i, keep]).T  # (n_keep, q)
-        ytilde = data.y[i, keep] - mu[i, keep] + (g @ eta[i] if q else 0.0)
-        cov = np.diag(var_terms.sd[i, keep] ** 2)
-        if q:
-            cov = cov + g @ omega @ g.T
-        try:
-            chol = np.linalg.cholesky(cov)
-            cwres[i, keep] = solve_triangular(chol, ytilde, lower=True)
-        except np.linalg.LinAlgError:
-            pass
+    cwres = _cwres(data, state.g, ipred, var_terms.sd, eta, omega)
 
     used = data.mask  # (N, nmax): each subject's observations, in order
     observations = pd.DataFrame(

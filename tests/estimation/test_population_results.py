@@ -264,3 +264,42 @@ def test_objective_not_finite_at_start_is_reported():
     )
     with pytest.raises(EstimationError, match=r"not finite at the initial estimates \(subjects \[1\]\)"):
         fit_population(problem)
+
+
+def test_cwres_of_all_subjects_at_once_equal_subject_by_subject():
+    # _cwres pads every subject's observations to a common width and factors all V together; oracle: the
+    # definition subject by subject (Cholesky of V = GΩGᵀ + diag(s²) over the uncensored observations).
+    # A subject whose V is singular gets NaN and the others are unaffected.
+    from types import SimpleNamespace
+
+    from pkmodel.estimation.results import _cwres
+
+    rng = np.random.default_rng(12)
+    n, width, q = 4, 5, 2
+    mask = np.ones((n, width), dtype=bool)
+    mask[1, 3:] = False  # subject 1 has 3 observations
+    censored = np.zeros((n, width), dtype=bool)
+    censored[2, 1] = True
+    data = SimpleNamespace(mask=mask, censored=censored, is_log=np.zeros((n, width), dtype=bool))
+    data.y = rng.normal(5.0, 1.0, (n, width))
+    ipred = rng.uniform(3.0, 6.0, (n, width))
+    g = rng.normal(0.0, 1.0, (n, q, width))
+    sd = rng.uniform(0.3, 0.8, (n, width))
+    eta = rng.normal(0.0, 0.2, (n, q))
+    omega = np.array([[0.2, 0.05], [0.05, 0.1]])
+
+    def by_definition(i):
+        keep = np.flatnonzero(mask[i] & ~censored[i])
+        G = g[i][:, keep].T
+        v = G @ omega @ G.T + np.diag(sd[i, keep] ** 2)
+        out = np.full(width, np.nan)
+        out[keep] = np.linalg.solve(np.linalg.cholesky(v), data.y[i, keep] - ipred[i, keep] + G @ eta[i])
+        return out
+
+    np.testing.assert_allclose(
+        _cwres(data, g, ipred, sd, eta, omega), [by_definition(i) for i in range(n)], rtol=1e-12
+    )
+    g[3], sd[3] = 0.0, 0.0  # V = 0 for subject 3: not positive definite
+    cwres = _cwres(data, g, ipred, sd, eta, omega)
+    assert np.isnan(cwres[3]).all()
+    np.testing.assert_allclose(cwres[:3], [by_definition(i) for i in range(3)], rtol=1e-12)
