@@ -1796,23 +1796,26 @@ class _Checker:
             keys["CMT"] = pd.Series(self.cmt, dtype=object)
         if "DVID" in self.cols:
             keys["DVID"] = pd.Series(np.where(self.obs, self.dvid, None), dtype=object)
-        table = pd.DataFrame(keys)
         names = ", ".join(keys)
         # records of different reset periods may share a time: the period is part of the key
-        table["_period"] = np.cumsum(np.isin(self.evid, (3, 4)))
+        period = np.cumsum(np.isin(self.evid, (3, 4)))
         valid = self.cols["ID"].present & ~np.isnan(self.cols["TIME"].number) & ~np.isnan(self.evid)
-        table = table[valid]
-        repeated = table.duplicated(keep="first")
+        # each key column as numbers (text and None by their factorisation codes): a record repeats an
+        # earlier one when its whole row of key numbers does (np.unique over rows, first occurrences)
+        columns = [
+            pd.factorize(v, use_na_sentinel=False)[0] if v.dtype == object else np.asarray(v, dtype=float)
+            for v in keys.values()
+        ]
+        table = np.column_stack([*columns, period])[valid].astype(float)
+        positions = np.flatnonzero(valid)
+        _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+        first_position = positions[first[np.ravel(inverse)]]
+        repeated = first_position != positions
         if not repeated.any():
             return
-        involved = table[table.duplicated(keep=False)]
-        first = involved.assign(_pos=involved.index).groupby(list(table.columns), sort=False, dropna=False)[
-            "_pos"
-        ]
-        first_pos = first.transform("first")
         mask = np.zeros(self.n, bool)
-        mask[repeated[repeated].index.to_numpy()] = True
-        first_of = first_pos.to_dict()
+        mask[positions[repeated]] = True
+        first_of = dict(zip(positions.tolist(), first_position.tolist(), strict=True))
         rows = p.rows
         p.rows_where(
             "duplicate-record",

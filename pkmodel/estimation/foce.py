@@ -48,8 +48,12 @@ both at every point), and the stencil of the covariance step, are evaluated toge
 found by one vectorised Newton iteration over all (point, subject) pairs, and all predictions of a
 Newton step come from one ``predict_many`` call when the problem has one.  At the size of a typical
 dataset the cost of a call is mostly fixed overhead, not arithmetic, so this batching is what makes the
-fit fast (Theoph: 31 prediction calls for the fit and its covariance step, instead of 563 one point at
-a time).
+fit fast (Theoph: 24 prediction calls for the fit and its covariance step, instead of 563 one point at
+a time).  The η̂ search of a stencil point whose Newton decrement has fallen below 1e-7 (1e-10 for the
+point whose value the line search compares) takes its last Newton step without a new prediction call,
+its OFV extrapolated to second order in ``L`` and first order in ``log det H`` (see
+:meth:`PopulationObjective.solve_eta`); near the optimum most stencils then need one Newton state
+instead of two.  The objective reported for the estimates is always that of fully converged η̂.
 
 References
 ----------
