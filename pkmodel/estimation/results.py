@@ -101,8 +101,8 @@ class PopulationResult:
     _fixed: dict[str, bool] = field(repr=False)
     _bounds: dict[str, tuple[float, float]] = field(repr=False)
     _sigma_info: dict[str, tuple[int, str]] = field(repr=False)
-    _subjects: pd.DataFrame = field(repr=False)
-    _observations: pd.DataFrame = field(repr=False)
+    _subjects: dict[str, np.ndarray] = field(repr=False)  # columns of subjects() (a table on request)
+    _observations: dict[str, np.ndarray] = field(repr=False)  # columns of observations()
 
     # ---- standard errors ----------------------------------------------------------------------
     def _se(self, name: str) -> float:
@@ -229,7 +229,7 @@ class PopulationResult:
 
     def subjects(self) -> pd.DataFrame:
         """Per subject: η̂ (EBEs, columns named after the etas), individual parameters, OFV_i."""
-        return self._subjects.copy()
+        return pd.DataFrame(self._subjects).set_index("ID")
 
     def observations(self) -> pd.DataFrame:
         """Per observation: ID, TIME, OUTPUT, DV, BLQ, LLOQ, PRED (η=0), IPRED (η̂), IWRES, CWRES.
@@ -238,7 +238,7 @@ class PopulationResult:
         records.  CWRES follows Hooker et al. (2007): ``L⁻¹(y − f(η̂) + Gη̂)`` with ``L`` the Cholesky
         factor of ``GΩGᵀ + R``, the linearisation around η̂ (FO: around 0, which is WRES).
         """
-        return self._observations.copy()
+        return pd.DataFrame(self._observations)
 
     def summary(self) -> str:
         """A short text summary."""
@@ -334,29 +334,26 @@ def build_population_result(
     cwres = _cwres(data, state.g, ipred, var_terms.sd, eta, omega)
 
     used = data.mask  # (N, nmax): each subject's observations, in order
-    observations = pd.DataFrame(
-        {
-            "ID": [s.id for s in subjects for _ in range(s.n_obs)],
-            "TIME": np.concatenate([s.time for s in subjects]),
-            "OUTPUT": np.concatenate([s.output for s in subjects]),
-            "DV": np.concatenate([s.dv for s in subjects]),
-            "BLQ": np.concatenate([s.blq for s in subjects]),
-            "LLOQ": np.concatenate([s.lloq for s in subjects]),
-            "PRED": pred[used],
-            "IPRED": ipred[used],
-            "IWRES": iwres[used],
-            "CWRES": cwres[used],
-        }
-    )
+    observations = {
+        "ID": [s.id for s in subjects for _ in range(s.n_obs)],
+        "TIME": np.concatenate([s.time for s in subjects]),
+        "OUTPUT": np.concatenate([s.output for s in subjects]),
+        "DV": np.concatenate([s.dv for s in subjects]),
+        "BLQ": np.concatenate([s.blq for s in subjects]),
+        "LLOQ": np.concatenate([s.lloq for s in subjects]),
+        "PRED": pred[used],
+        "IPRED": ipred[used],
+        "IWRES": iwres[used],
+        "CWRES": cwres[used],
+    }
 
     phi = engine.individual(context.typical, eta) if q else context.typical
-    subj = pd.DataFrame({"ID": [s.id for s in subjects]})
+    subj: dict = {"ID": [s.id for s in subjects]}
     for k, name in enumerate(space.eta_names):
-        subj[name] = eta[:, k]
+        subj[name] = eta[:, k].copy()
     for p, name in enumerate(engine.param_names):
-        subj[name] = phi[:, p]
-    subj["OFV"] = value.subject_ofv
-    subj = subj.set_index("ID")
+        subj[name] = phi[:, p].copy()
+    subj["OFV"] = np.array(value.subject_ofv)
 
     shrinkage = {}
     for k, name in enumerate(space.eta_names):
