@@ -519,15 +519,28 @@ class PopulationObjective:
                 dlogdet[invalid] = 0.0
         return _State(f, g, objective, grad, hess, step_hess, dlogdet)
 
-    def _dlogdet(self, ctx, rows, subject, hess, g, weight, second, plus, minus, steps) -> np.ndarray:
+    def _dlogdet(
+        self,
+        ctx: _Context,
+        rows: np.ndarray,
+        subject: np.ndarray,
+        hess: np.ndarray,
+        g: np.ndarray,
+        weight: np.ndarray,
+        second: np.ndarray,
+        plus: np.ndarray,
+        minus: np.ndarray,
+        steps: np.ndarray,
+    ) -> np.ndarray:
         """``∂ log det H/∂η_k`` (M, q) with ``H = ½·hess = ½ Σ_j w_j g_j g_jᵀ + Ω⁻¹``:
         ``tr(H⁻¹ S_k W Gᵀ) + ½ tr(H⁻¹ G (∂W/∂η_k) Gᵀ)`` with ``S_k = ∂G/∂η_k`` (the second derivatives of
         the state's stencil) and ``∂w_j/∂η_k`` by central differences of the weights at ``η ± h_k``
         (zero where the weight does not depend on ``f``: Gaussian observations without interaction on a
-        linear scale)."""
+        linear scale).  Not finite where ``H`` is singular or a prediction is not finite: such rows are
+        not extrapolated."""
         data = self.data
         with np.errstate(all="ignore"):
-            h_inv = np.linalg.inv(0.5 * hess)  # (M, q, q)
+            h_inv = _inverses(0.5 * hess)  # (M, q, q), NaN where singular or not finite
             # Σ_{b,c,j} H⁻¹_cb S_k,bj w_j G_cj, the sum over j as matrix products (a 4-operand einsum is slower)
             swg = second @ (g * weight[:, None, :])[:, None].swapaxes(-1, -2)  # (M, k, b, c)
             out = np.einsum("mkbc,mcb->mk", swg, h_inv)
@@ -551,7 +564,7 @@ class PopulationObjective:
                 w = np.where(data.mask[subject][:, None, :], terms.weight, 0.0)
                 dw = (w[:, :q] - w[:, q:]) / (2.0 * steps[:, :, None])  # (M, q, nmax)
                 out = out + 0.5 * np.einsum("mcb,mbj,mkj,mcj->mk", h_inv, g, dw, g)
-        return np.where(np.isfinite(out), out, 0.0)
+        return out
 
     def solve_eta(
         self, ctx: _Context, eta_start: np.ndarray, tol: float = _INNER_TOL
@@ -596,7 +609,9 @@ class PopulationObjective:
             previous[active] = decrement
             active, delta, decrement = active[~done], delta[~done], decrement[~done]
             if st.dlogdet is not None:  # (ctx.extrapolate) close enough: the last step without a state
-                near = decrement <= ctx.extrapolate[active]
+                near = (decrement <= ctx.extrapolate[active]) & np.all(
+                    np.isfinite(st.dlogdet[active]), axis=1
+                )
                 if np.any(near):
                     idx, step_near = active[near], delta[near]
                     shift[idx] = -0.5 * decrement[near] + np.einsum("mq,mq->m", st.dlogdet[idx], step_near)
@@ -754,6 +769,21 @@ class PopulationObjective:
                 inner_failures=int(np.sum(~ok[part])),
             )
         return values, ctx, st
+
+
+def _inverses(a: np.ndarray) -> np.ndarray:
+    """Inverses of stacked matrices (M, q, q); NaN for those that are singular or not finite."""
+    out = np.full_like(a, np.nan)
+    finite = np.all(np.isfinite(a), axis=(-2, -1))
+    try:
+        out[finite] = np.linalg.inv(a[finite])
+    except np.linalg.LinAlgError:  # some singular: one by one
+        for m in np.flatnonzero(finite):
+            try:
+                out[m] = np.linalg.inv(a[m])
+            except np.linalg.LinAlgError:
+                pass
+    return out
 
 
 def _omega_terms(omega: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

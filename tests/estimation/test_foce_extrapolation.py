@@ -94,3 +94,13 @@ def test_extrapolated_values_agree_with_converged_eta_searches(theoph, case):
         assert a.ofv == pytest.approx(b.ofv, rel=0, abs=1e-8)
         np.testing.assert_allclose(a.eta, b.eta, rtol=0, atol=1e-6)
         assert a.inner_failures == b.inner_failures == 0
+
+
+def test_inverses_of_singular_or_invalid_curvatures_are_nan():
+    # the log-determinant derivative is then NaN, and solve_eta extrapolates only rows where it is finite
+    from pkmodel.estimation.foce import _inverses
+
+    a = np.array([[[2.0, 0.0], [0.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]], [[np.nan, 0.0], [0.0, 1.0]]])
+    out = _inverses(a)
+    np.testing.assert_allclose(out[0], np.diag([0.5, 0.25]))
+    assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
