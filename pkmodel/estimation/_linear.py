@@ -648,19 +648,24 @@ def _solve(A: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _inverse(V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched inverse; singular matrices give NaN and a False flag instead of an exception."""
-    try:
-        return np.linalg.inv(V), np.ones(V.shape[:-2], dtype=bool)
-    except np.linalg.LinAlgError:
-        out = np.full_like(V, np.nan)
-        ok = np.zeros(V.shape[:-2], dtype=bool)
-        for idx in np.ndindex(*V.shape[:-2]):
+    """Batched inverse; singular or non-finite matrices give NaN and a False flag instead of an
+    exception (or a partly finite result)."""
+    finite = np.all(np.isfinite(V), axis=(-2, -1))
+    if finite.all():
+        try:
+            return np.linalg.inv(V), np.ones(V.shape[:-2], dtype=bool)
+        except np.linalg.LinAlgError:
+            pass
+    out = np.full_like(V, np.nan)
+    ok = np.zeros(V.shape[:-2], dtype=bool)
+    for idx in zip(*np.nonzero(finite), strict=True) if finite.ndim else [()]:
+        if finite[idx]:
             try:
                 out[idx] = np.linalg.inv(V[idx])
                 ok[idx] = True
             except np.linalg.LinAlgError:
                 pass
-        return out, ok
+    return out, ok
 
 
 def _steady_state(

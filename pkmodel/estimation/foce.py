@@ -78,6 +78,7 @@ from threadpoolctl import ThreadpoolController
 
 from pkmodel.errors import EstimationError
 from pkmodel.estimation._layout import DataArrays, ParameterSpace
+from pkmodel.estimation._linear import _inverse
 from pkmodel.estimation.covariance import covariance_step
 from pkmodel.estimation.problem import PopulationProblem
 from pkmodel.estimation.residual import LOG_2PI, observation_terms
@@ -540,7 +541,7 @@ class PopulationObjective:
         not extrapolated."""
         data = self.data
         with np.errstate(all="ignore"):
-            h_inv = _inverses(0.5 * hess)  # (M, q, q), NaN where singular or not finite
+            h_inv = _inverse(0.5 * hess)[0]  # (M, q, q), NaN where singular or not finite
             # Σ_{b,c,j} H⁻¹_cb S_k,bj w_j G_cj, the sum over j as matrix products (a 4-operand einsum is slower)
             swg = second @ (g * weight[:, None, :])[:, None].swapaxes(-1, -2)  # (M, k, b, c)
             out = np.einsum("mkbc,mcb->mk", swg, h_inv)
@@ -769,21 +770,6 @@ class PopulationObjective:
                 inner_failures=int(np.sum(~ok[part])),
             )
         return values, ctx, st
-
-
-def _inverses(a: np.ndarray) -> np.ndarray:
-    """Inverses of stacked matrices (M, q, q); NaN for those that are singular or not finite."""
-    out = np.full_like(a, np.nan)
-    finite = np.all(np.isfinite(a), axis=(-2, -1))
-    try:
-        out[finite] = np.linalg.inv(a[finite])
-    except np.linalg.LinAlgError:  # some singular: one by one
-        for m in np.flatnonzero(finite):
-            try:
-                out[m] = np.linalg.inv(a[m])
-            except np.linalg.LinAlgError:
-                pass
-    return out
 
 
 def _omega_terms(omega: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
